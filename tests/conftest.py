@@ -1,0 +1,80 @@
+"""Shared fixtures of the tlutils unit tests.
+
+The environment is set before anything imports ``transformers``/``datasets`` (they read the
+offline switches at import time): the staged data folder next to the repository, offline hub,
+no progress bars, a non-interactive matplotlib backend. CI sets ``TLUTILS_DATA_DIR`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_STAGED = (REPO / ".." / "shared" / "data").resolve()
+if _STAGED.is_dir():
+    os.environ.setdefault("TLUTILS_DATA_DIR", str(_STAGED))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TLUTILS_PROGRESS", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The staged data folder (``$TLUTILS_DATA_DIR``); a missing one is a failure, not a skip."""
+    value = os.environ.get("TLUTILS_DATA_DIR")
+    if not value:
+        pytest.fail("TLUTILS_DATA_DIR is not set: run the tests with TLUTILS_DATA_DIR=../shared/data "
+                    "(the staged JSON Lines folder).", pytrace=False)
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        pytest.fail(f"TLUTILS_DATA_DIR={value} does not exist: set TLUTILS_DATA_DIR=../shared/data "
+                    "(the staged JSON Lines folder).", pytrace=False)
+    return path
+
+
+def mrpc_rows(n: int, prefix: str) -> list[dict]:
+    """``n`` valid MRPC rows, labels alternating so both classes are present."""
+    names = ("not_equivalent", "equivalent")
+    return [{"id": f"{prefix}-{i}", "text_a": f"The company said {i} shares were sold on Monday.",
+             "text_b": f"On Monday {i} shares were sold, the company said.",
+             "label": i % 2, "label_name": names[i % 2]} for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_task_dir(tmp_path: Path) -> Path:
+    """A small valid data folder: ``<root>/mrpc/{train,validation}.jsonl``, 12 rows each.
+
+    Returns the root (what ``TLUTILS_DATA_DIR`` or ``data_dir=`` points at); tests corrupt
+    the files to check the errors.
+    """
+    root = tmp_path / "data"
+    write_jsonl(root / "mrpc" / "train.jsonl", mrpc_rows(12, "train"))
+    write_jsonl(root / "mrpc" / "validation.jsonl", mrpc_rows(12, "validation"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """MiniLM's WordPiece tokenizer (what ``tiny-bert`` and ``minilm`` use), loaded once."""
+    from tlutils.models import load_tokenizer
+
+    return load_tokenizer("tiny-bert")
+
+
+@pytest.fixture
+def isolated_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``TLUTILS_OUTPUT_DIR`` pointed at an empty temporary folder."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(out))
+    return out

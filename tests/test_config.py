@@ -1,0 +1,200 @@
+"""Profiles, seeding, precision and output folders (tlutils.config)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tlutils import config
+from tlutils.config import (PROFILE_NAMES, PROFILES, Profile, get_profile, output_dir,
+                            project_root, resolve_mixed_precision, resolve_profile_name, set_seed)
+from tlutils.errors import ConfigError, TLUtilsError
+
+
+@pytest.mark.parametrize("name, model", [("smoke", "tiny-bert"), ("small", "minilm"),
+                                         ("full", "bert-base-uncased")])
+def test_get_profile_returns_the_named_profile(name, model):
+    profile = get_profile(name)
+    assert isinstance(profile, Profile)
+    assert profile.name == name
+    assert profile.model_name == model
+    assert profile == PROFILES[name]
+
+
+def test_profiles_trade_fidelity_for_time():
+    smoke, small, full = (get_profile(n) for n in PROFILE_NAMES)
+    assert smoke.max_train_examples <= 64 and smoke.max_eval_examples <= 64
+    assert small.max_train_examples > smoke.max_train_examples
+    assert full.max_train_examples is None and full.max_eval_examples is None
+
+
+def test_auto_honours_the_environment(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in PROFILE_NAMES:
+        monkeypatch.setenv("TLUTILS_PROFILE", name)
+        assert get_profile("auto").name == name
+        assert get_profile().name == name  # "auto" is the default
+
+
+def test_auto_ignores_a_blank_environment_value(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TLUTILS_PROFILE", "  ")
+    assert resolve_profile_name("auto") == "small"
+
+
+def test_auto_is_small_without_cuda_and_full_with_it(monkeypatch):
+    monkeypatch.delenv("TLUTILS_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_profile("auto").name == "small"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_profile("auto").name == "full"
+
+
+def test_explicit_name_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("TLUTILS_PROFILE", "full")
+    assert get_profile("smoke").name == "smoke"
+
+
+@pytest.mark.parametrize("name", ["medium", "Smoke", ""])
+def test_unknown_profile_names_the_valid_ones(name):
+    with pytest.raises(ConfigError) as info:
+        get_profile(name)
+    message = str(info.value)
+    assert repr(name) in message
+    for valid in (*PROFILE_NAMES, "auto"):
+        assert valid in message
+    assert isinstance(info.value, TLUtilsError) and isinstance(info.value, ValueError)
+
+
+def test_unknown_profile_from_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TLUTILS_PROFILE", "tiny")
+    with pytest.raises(ConfigError, match="TLUTILS_PROFILE") as info:
+        get_profile("auto")
+    assert "'tiny'" in str(info.value) and "smoke" in str(info.value)
+
+
+def test_overrides_change_only_the_given_fields():
+    base = get_profile("small")
+    changed = get_profile("small", epochs=1, batch_size=8)
+    assert (changed.epochs, changed.batch_size) == (1, 8)
+    assert changed.replace(epochs=base.epochs, batch_size=base.batch_size) == base
+    assert PROFILES["small"].epochs == 3  # the registry is untouched
+
+
+def test_replace_returns_a_copy_of_a_frozen_profile():
+    smoke = get_profile("smoke")
+    longer = smoke.replace(max_length=256)
+    assert longer.max_length == 256 and smoke.max_length == 128
+    assert longer.name == smoke.name
+    with pytest.raises(AttributeError):
+        smoke.epochs = 10  # type: ignore[misc]
+
+
+def _draws():
+    return torch.rand(5).tolist(), np.random.rand(5).tolist(), [random.random() for _ in range(5)]
+
+
+def test_set_seed_repeats_torch_numpy_and_python_draws():
+    set_seed(123)
+    first = _draws()
+    set_seed(123)
+    assert _draws() == first
+    set_seed(124)
+    other = _draws()
+    for a, b in zip(first, other):
+        assert a != b
+
+
+@pytest.mark.parametrize("mode", ["no", "bf16"])
+@pytest.mark.parametrize("cpu", [True, False])
+def test_explicit_precision_passes_through(mode, cpu):
+    assert resolve_mixed_precision(mode, cpu=cpu) == mode
+
+
+def test_fp16_passes_on_a_gpu_and_is_refused_on_a_cpu():
+    assert resolve_mixed_precision("fp16", cpu=False) == "fp16"
+    with pytest.raises(ConfigError, match="bf16' or 'no'"):
+        resolve_mixed_precision("fp16", cpu=True)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="'auto', 'no', 'bf16' or 'fp16'"):
+        resolve_mixed_precision("fp8", cpu=True)
+
+
+def test_auto_precision_on_this_cpu_follows_native_bf16():
+    expected = "bf16" if config.cpu_supports_bf16() else "no"
+    assert resolve_mixed_precision("auto", cpu=True) == expected
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
+def test_auto_precision_on_a_cpu_uses_bf16_only_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(config, "cpu_supports_bf16", lambda: native)
+    assert resolve_mixed_precision("auto", cpu=True) == expected
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_a_gpu(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert resolve_mixed_precision("auto", cpu=False) == expected
+
+
+def test_cpu_is_inferred_from_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError):
+        resolve_mixed_precision("fp16")
+
+
+def test_output_dir_respects_the_environment(isolated_outputs):
+    path = output_dir("03-running-example")
+    assert path == isolated_outputs / "03-running-example"
+    assert path.is_dir()
+
+
+def _fake_project(root: Path) -> Path:
+    (root / "tlutils").mkdir(parents=True)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    sub = root / "book" / "pretrained"
+    sub.mkdir(parents=True)
+    return sub
+
+
+def test_project_root_finds_the_repository_from_a_subfolder(tmp_path):
+    sub = _fake_project(tmp_path / "repo")
+    assert project_root(sub) == (tmp_path / "repo").resolve()
+    assert project_root(tmp_path / "repo") == (tmp_path / "repo").resolve()
+
+
+def test_project_root_needs_both_markers(tmp_path):
+    (tmp_path / "_toc.yml").write_text("root: intro\n")  # no tlutils/ folder
+    assert project_root(tmp_path) is None
+    (tmp_path / "tlutils").write_text("a file, not a package folder")
+    assert project_root(tmp_path) is None
+
+
+def test_project_root_of_this_checkout():
+    repo = Path(__file__).resolve().parents[1]
+    assert project_root(repo / "tests") == repo
+
+
+def test_output_dir_defaults_to_the_repository_outputs(tmp_path, monkeypatch):
+    sub = _fake_project(tmp_path / "repo")
+    monkeypatch.delenv("TLUTILS_OUTPUT_DIR", raising=False)
+    monkeypatch.chdir(sub)
+    assert output_dir("ch") == (tmp_path / "repo").resolve() / "outputs" / "ch"
+
+
+def test_output_dir_outside_a_repository_uses_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("TLUTILS_OUTPUT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert output_dir("ch").resolve() == tmp_path.resolve() / "outputs" / "ch"
+
+
+def test_stopwatch_measures_elapsed_time(monkeypatch):
+    now = iter([10.0, 12.5])
+    monkeypatch.setattr(config.time, "perf_counter", lambda: next(now))
+    assert config.Stopwatch().elapsed() == pytest.approx(2.5)

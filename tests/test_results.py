@@ -1,0 +1,102 @@
+"""Results files written by chapters (tlutils.results)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tlutils import results
+from tlutils.config import get_profile
+from tlutils.results import load_results, save_results, summary
+
+CHAPTER = "03-running-example"
+
+
+def test_save_then_load_round_trips(isolated_outputs):
+    metrics = {"pretrained": {"accuracy": 0.84, "f1": 0.88}, "scratch": {"accuracy": 0.68},
+               "note": "smoke run", "epochs": 2, "curve": [0.5, 0.6]}
+    path = save_results(CHAPTER, metrics, profile=get_profile("smoke"), wall_time_s=12.5)
+    assert path == isolated_outputs / CHAPTER / "metrics.json"
+    record = load_results(CHAPTER)
+    assert record["metrics"] == metrics
+    assert load_results(CHAPTER, root=isolated_outputs) == record
+
+
+def test_results_file_is_valid_json_with_its_context(isolated_outputs):
+    profile = get_profile("small")
+    path = save_results(CHAPTER, {"accuracy": 0.8}, profile=profile, wall_time_s=3.25)
+    record = json.loads(path.read_text())
+    assert record["chapter"] == CHAPTER
+    assert record["profile"] == "small" and record["model"] == profile.model_name
+    assert record["wall_time_s"] == 3.25
+    env = record["environment"]
+    assert env["torch"] == torch.__version__ and env["cpu_count"] >= 1
+    assert {"python", "transformers", "device", "torch_threads"} <= set(env)
+    assert record["created"].endswith("+00:00")
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_wall_time_may_be_unknown(isolated_outputs):
+    save_results(CHAPTER, {}, profile=get_profile("smoke"))
+    assert load_results(CHAPTER)["wall_time_s"] is None
+
+
+def test_numpy_and_torch_values_become_plain_json(isolated_outputs):
+    metrics = {"accuracy": np.float32(0.75), "n": np.int64(408), "ok": np.bool_(True),
+               "curve": np.array([0.5, 0.25]), "loss": torch.tensor(0.125),
+               "matrix": torch.tensor([[1, 2], [3, 4]]), "by_label": {np.int64(1): np.float64(0.5)},
+               "pair": (np.int32(1), 2.0)}
+    path = save_results(CHAPTER, metrics, profile=get_profile("smoke"))
+    stored = json.loads(path.read_text())["metrics"]
+    assert stored == {"accuracy": 0.75, "n": 408, "ok": True, "curve": [0.5, 0.25], "loss": 0.125,
+                      "matrix": [[1, 2], [3, 4]], "by_label": {"1": 0.5}, "pair": [1, 2.0]}
+    assert type(stored["n"]) is int and type(stored["ok"]) is bool
+
+
+@pytest.mark.parametrize("bad", [float("nan"), np.float32("nan"), float("inf"), torch.tensor(float("nan"))])
+def test_non_finite_values_are_refused_and_the_old_file_is_kept(isolated_outputs, bad):
+    path = save_results(CHAPTER, {"accuracy": 0.8}, profile=get_profile("smoke"))
+    with pytest.raises(ValueError):
+        save_results(CHAPTER, {"accuracy": 0.9, "nested": {"f1": bad}}, profile=get_profile("smoke"))
+    assert json.loads(path.read_text())["metrics"] == {"accuracy": 0.8}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_a_second_save_replaces_the_first(isolated_outputs):
+    save_results(CHAPTER, {"accuracy": 0.5}, profile=get_profile("smoke"))
+    save_results(CHAPTER, {"accuracy": 0.6}, profile=get_profile("small"))
+    record = load_results(CHAPTER)
+    assert record["metrics"] == {"accuracy": 0.6} and record["profile"] == "small"
+
+
+def test_summary_lists_each_chapter(isolated_outputs):
+    save_results("05-distillation", {"accuracy": 0.7}, profile=get_profile("small"), wall_time_s=200.0)
+    save_results(CHAPTER, {"accuracy": 0.8}, profile=get_profile("smoke"), wall_time_s=30.0)
+    (isolated_outputs / "empty-chapter").mkdir()
+    rows = summary()
+    assert [r["chapter"] for r in rows] == [CHAPTER, "05-distillation"]
+    assert rows[0]["profile"] == "smoke" and rows[0]["model"] == "tiny-bert" and rows[0]["wall_time_s"] == 30.0
+    assert rows[1]["profile"] == "small" and rows[1]["model"] == "minilm"
+    assert summary(isolated_outputs) == rows
+
+
+def test_summary_of_an_empty_folder(isolated_outputs):
+    assert summary() == []
+
+
+def test_main_prints_the_chapters(isolated_outputs, capsys):
+    results.main()
+    assert "no results yet" in capsys.readouterr().out
+    save_results(CHAPTER, {"accuracy": 0.8}, profile=get_profile("smoke"), wall_time_s=42.4)
+    results.main()
+    out = capsys.readouterr().out
+    assert CHAPTER in out and "tiny-bert" in out and "42 s" in out
+
+
+def test_plain_leaves_python_values_alone():
+    value = {"a": [1, 2.5, "x", None, True], "b": {"c": math.pi}}
+    assert results._plain(value) == value

@@ -1,0 +1,188 @@
+"""Profiles, seeding and device choice.
+
+Every chapter starts with ``cfg = get_profile(PROFILE)``. The three profiles trade fidelity for
+time (see the book's introduction, section *Profiles*):
+
+=========  ==========================================  =========================  ===============
+profile    model                                       data                       budget
+=========  ==========================================  =========================  ===============
+smoke      tiny random BERT (2 layers, 128 hidden)     <= 64 examples per split   <= 60 s, 2 CPUs
+small      packaged MiniLM-L6 (offline)                real data, subsets         <= 4 min, 2 CPUs
+full       hub checkpoints (bert-base-uncased, ...)    full data sets             GPU (Colab T4)
+=========  ==========================================  =========================  ===============
+
+``auto`` means ``full`` when CUDA is available and ``small`` otherwise; the environment variable
+``TLUTILS_PROFILE`` overrides ``auto`` so that jupyter-book, nbval and papermill can steer every
+chapter without editing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from tlutils.errors import ConfigError
+
+PROFILE_NAMES = ("smoke", "small", "full")
+PROFILE_ENV = "TLUTILS_PROFILE"
+OUTPUT_ENV = "TLUTILS_OUTPUT_DIR"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Concrete settings one profile stands for.
+
+    Chapters read these instead of hard-coding sizes, and override single fields with
+    :meth:`replace` where an experiment needs something else (say so in the prose).
+    """
+
+    name: str
+    model_name: str
+    max_train_examples: Optional[int]  # None = the whole split
+    max_eval_examples: Optional[int]
+    max_length: int
+    batch_size: int
+    eval_batch_size: int
+    epochs: int
+    learning_rate: float
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    mixed_precision: str = "auto"  # "auto" | "no" | "bf16" | "fp16"
+
+    def replace(self, **changes: Any) -> "Profile":
+        """A copy with some fields changed: ``cfg.replace(epochs=1)``."""
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", model_name="tiny-bert", max_train_examples=64, max_eval_examples=64,
+        max_length=128, batch_size=16, eval_batch_size=64, epochs=2, learning_rate=1e-3,
+    ),
+    "small": Profile(
+        name="small", model_name="minilm", max_train_examples=1600, max_eval_examples=None,
+        max_length=128, batch_size=32, eval_batch_size=128, epochs=3, learning_rate=1e-4,
+    ),
+    "full": Profile(
+        name="full", model_name="bert-base-uncased", max_train_examples=None,
+        max_eval_examples=None, max_length=128, batch_size=32, eval_batch_size=256, epochs=3,
+        learning_rate=2e-5,
+    ),
+}
+
+
+def resolve_profile_name(name: str = "auto") -> str:
+    """Turn ``"auto"`` into a concrete profile name (``TLUTILS_PROFILE`` wins over CUDA)."""
+    if name == "auto":
+        name = os.environ.get(PROFILE_ENV, "").strip() or (
+            "full" if torch.cuda.is_available() else "small"
+        )
+    if name not in PROFILES:
+        raise ConfigError(
+            f"Unknown profile {name!r}: use one of {', '.join(PROFILE_NAMES)} or 'auto' "
+            f"(check {PROFILE_ENV}={os.environ.get(PROFILE_ENV)!r})."
+        )
+    return name
+
+
+def get_profile(name: str = "auto", **overrides: Any) -> Profile:
+    """The settings of profile ``name`` (``smoke``, ``small``, ``full`` or ``auto``).
+
+    Args:
+        name: a profile name; ``"auto"`` resolves through :func:`resolve_profile_name`.
+        **overrides: fields to change, e.g. ``epochs=1``.
+
+    Example:
+        >>> get_profile("smoke").model_name
+        'tiny-bert'
+    """
+    known = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"Unknown profile field(s) {', '.join(unknown)}: use {', '.join(sorted(known))}.")
+    return PROFILES[resolve_profile_name(name)].replace(**overrides)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU) in one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def get_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX).
+
+    Without them PyTorch emulates bf16 and autocast makes training *slower*, so
+    :func:`resolve_mixed_precision` only turns it on where it pays.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(mode: str = "auto", cpu: Optional[bool] = None) -> str:
+    """Pick ``"bf16"``, ``"fp16"`` or ``"no"`` for this machine.
+
+    ``auto``: bf16 on GPUs that support it (Ampere and newer), fp16 on older GPUs (T4),
+    bf16 on CPUs with native bf16 instructions, otherwise full precision.
+    """
+    if mode not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision={mode!r}: use 'auto', 'no', 'bf16' or 'fp16'.")
+    on_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    if mode != "auto":
+        if mode == "fp16" and on_cpu:
+            raise ConfigError("mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on a CPU.")
+        return mode
+    if on_cpu:
+        return "bf16" if cpu_supports_bf16() else "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def project_root(start: Optional[Path] = None) -> Optional[Path]:
+    """The repository root (the folder holding ``_toc.yml`` and ``tlutils/``), if inside it."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "tlutils").is_dir():
+            return folder
+    return None
+
+
+def output_dir(chapter: str) -> Path:
+    """Where a chapter writes its results: ``$TLUTILS_OUTPUT_DIR/<chapter>`` or
+    ``<repository>/outputs/<chapter>`` (``./outputs/<chapter>`` outside the repository)."""
+    base = os.environ.get(OUTPUT_ENV)
+    root = Path(base) if base else (project_root() or Path.cwd()) / "outputs"
+    path = root / chapter
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Stopwatch:
+    """Wall time since creation: ``sw = Stopwatch(); ...; sw.elapsed()`` (seconds)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

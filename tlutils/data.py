@@ -1,0 +1,517 @@
+"""Tasks, loading, tokenization and batching.
+
+One schema everywhere: a split is a JSON Lines file whose rows hold ``id``, ``text_a``,
+``text_b`` (pair tasks), ``label`` (int; float for regression), ``label_name`` and ``domain``
+(where it applies). Data comes from, in order:
+
+1. a local folder ``$TLUTILS_DATA_DIR/<folder>/<split>.jsonl`` (offline machines, CI);
+2. the Hugging Face hub through ``datasets`` (online readers, Colab).
+
+Batches are Hugging Face dicts (``input_ids``, ``attention_mask``, ``token_type_ids``,
+``labels``) padded per batch to the longest member; training batches group similar lengths
+(the book's running-example chapter measures what that saves).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from tlutils.errors import ConfigError, DataError, DataNotFoundError
+
+if TYPE_CHECKING:  # imported lazily: `datasets` costs a second at import time
+    from datasets import Dataset, DatasetDict
+    from transformers import PreTrainedTokenizerBase
+
+    from tlutils.config import Profile
+
+DATA_ENV = "TLUTILS_DATA_DIR"
+SPLITS = ("train", "validation", "test")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a task lives on the Hugging Face hub and how its columns map to the schema."""
+
+    path: str
+    config: Optional[str]
+    columns: Mapping[str, str]  # hub column -> schema field
+    splits: Mapping[str, str]  # schema split -> hub split
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the library needs to know about one task."""
+
+    name: str
+    folder: str  # folder under $TLUTILS_DATA_DIR
+    description: str
+    text_fields: tuple[str, ...]
+    label_names: tuple[str, ...]  # empty for regression
+    metrics: tuple[str, ...]  # the first one is used for model selection
+    domains: tuple[str, ...] = ()
+    label_range: tuple[float, float] = (0.0, 0.0)  # regression only
+    hub: Optional[HubSource] = None
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.label_names)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+_GLUE_PAIR = {"sentence1": "text_a", "sentence2": "text_b", "label": "label", "idx": "id"}
+_NLI_PAIR = {"premise": "text_a", "hypothesis": "text_b", "label": "label"}
+_NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+TASKS: dict[str, TaskSpec] = {
+    "mrpc": TaskSpec(
+        "mrpc", "mrpc", "Microsoft Research Paraphrase Corpus: are two news sentences paraphrases?",
+        ("text_a", "text_b"), ("not_equivalent", "equivalent"), ("accuracy", "f1", "mcc"),
+        hub=HubSource("nyu-mll/glue", "mrpc", _GLUE_PAIR,
+                      {"train": "train", "validation": "validation", "test": "test"}),
+    ),
+    "rte": TaskSpec(
+        "rte", "rte", "Recognizing Textual Entailment: does the first text entail the second?",
+        ("text_a", "text_b"), ("entailment", "not_entailment"), ("accuracy", "f1", "mcc"),
+        hub=HubSource("nyu-mll/glue", "rte", _GLUE_PAIR,
+                      {"train": "train", "validation": "validation"}),
+    ),
+    "stsb": TaskSpec(
+        "stsb", "stsb", "STS Benchmark: how similar are two sentences, from 0 to 5?",
+        ("text_a", "text_b"), (), ("pearson", "spearman"), ("news", "captions", "forum"),
+        label_range=(0.0, 5.0),
+        hub=HubSource("nyu-mll/glue", "stsb", _GLUE_PAIR,
+                      {"train": "train", "validation": "validation"}),
+    ),
+    "snli": TaskSpec(
+        "snli", "snli", "Stanford NLI: entailment, neutral or contradiction for caption pairs.",
+        ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"),
+        hub=HubSource("stanfordnlp/snli", None, _NLI_PAIR,
+                      {"train": "train", "validation": "validation", "test": "test"}),
+    ),
+    "mnli": TaskSpec(
+        "mnli", "mnli_genres", "MultiNLI with its five genres as domains.",
+        ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"),
+        ("fiction", "government", "slate", "telephone", "travel"),
+        hub=HubSource("nyu-mll/multi_nli", None,
+                      {**_NLI_PAIR, "genre": "domain", "pairID": "id"},
+                      {"train": "train", "validation": "validation_matched"}),
+    ),
+    "sick": TaskSpec(
+        "sick", "sick", "SICK: entailment between sentence pairs (flickr / semeval sources).",
+        ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"), ("flickr", "semeval", "mixed"),
+    ),
+    "amazon": TaskSpec(
+        "amazon", "amazon_multidomain", "Amazon reviews, positive or negative, in four domains.",
+        ("text_a",), ("negative", "positive"), ("accuracy", "f1"),
+        ("books", "dvd", "electronics", "kitchen"),
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` registered as ``name`` (``mrpc``, ``rte``, ``stsb``, ...)."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"Unknown task {name!r}: use one of {', '.join(TASKS)}.") from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str) -> dict[str, Any]:
+    """Check one row against the schema and return it in canonical form.
+
+    Raises:
+        DataError: a missing field, an empty text, or a label outside the task's label set.
+    """
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: expected a JSON object with id, {', '.join(task.text_fields)} "
+                        f"and label, got {type(row).__name__}.")
+    for key in ("id", *task.text_fields, "label"):
+        if key not in row or row[key] is None:
+            raise DataError(f"{where}: field {key!r} is missing; every row needs id, "
+                            f"{', '.join(task.text_fields)} and label (see the data README).")
+    for key in task.text_fields:
+        if not isinstance(row[key], str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}.")
+        if not row[key].strip():
+            raise DataError(f"{where}: field {key!r} is empty; remove the row or fill in its text.")
+    label = row["label"]
+    if task.is_regression:
+        low, high = task.label_range
+        if not isinstance(label, (int, float)) or isinstance(label, bool) or not low <= label <= high:
+            raise DataError(f"{where}: label {label!r} is outside [{low}, {high}] for task "
+                            f"{task.name!r}; fix the file or choose the right task.")
+        label, label_name = float(label), ""
+    else:
+        allowed = ", ".join(f"{i} ({n})" for i, n in enumerate(task.label_names))
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < task.num_labels:
+            raise DataError(f"{where}: label {label!r} is not one of {allowed} for task "
+                            f"{task.name!r}; fix the file or choose the right task.")
+        label_name = task.label_names[label]
+    out = {"id": str(row["id"]), "text_a": row["text_a"], "text_b": row.get("text_b", ""),
+           "label": label, "label_name": label_name, "domain": row.get("domain") or ""}
+    return out
+
+
+def read_jsonl(path: Path, task: TaskSpec) -> list[dict[str, Any]]:
+    """Read and validate one split file (see :func:`validate_row`)."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object.") from None
+            rows.append(validate_row(raw, task, where))
+    return rows
+
+
+def local_split_path(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = None) -> Optional[Path]:
+    """``<data_dir or $TLUTILS_DATA_DIR>/<folder>/<split>.jsonl`` if that folder is configured."""
+    base = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    if not base:
+        return None
+    return Path(base).expanduser() / task.folder / f"{split}.jsonl"
+
+
+def _load_hub_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
+    """Rows of one split from the hub, renamed to the schema (unlabelled rows dropped)."""
+    from datasets import load_dataset
+
+    assert task.hub is not None
+    hub = task.hub
+    raw = load_dataset(hub.path, hub.config, split=hub.splits[split])
+    rows = []
+    for number, item in enumerate(raw):
+        row = {ours: item[theirs] for theirs, ours in hub.columns.items() if theirs in item}
+        row.setdefault("id", f"{split}-{number}")
+        if row.get("label") is None or (not task.is_regression and row["label"] < 0):
+            continue  # GLUE test sets and SNLI's no-consensus pairs carry label -1
+        rows.append(validate_row(row, task, f"{hub.path} ({split}, row {number})"))
+    return rows
+
+
+def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
+    """All rows of one split: from the local folder if configured, else from the hub."""
+    if split not in SPLITS:
+        raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    path = local_split_path(task, split, data_dir)
+    if path is not None:
+        if path.is_file():
+            return read_jsonl(path, task)
+        if not path.parent.is_dir():
+            raise DataNotFoundError(
+                f"Task {task.name!r}: folder {path.parent} does not exist; point {DATA_ENV} at the "
+                f"folder that holds {task.folder}/{split}.jsonl (or unset it to use the hub).")
+        raise DataNotFoundError(f"Task {task.name!r} has no split {split!r}: {path} is missing "
+                                f"(available: {', '.join(p.stem for p in sorted(path.parent.glob('*.jsonl')))}).")
+    if task.hub is None:
+        raise DataNotFoundError(f"Task {task.name!r} has no hub source: set {DATA_ENV} to a folder "
+                                f"holding {task.folder}/{split}.jsonl.")
+    if split not in task.hub.splits:
+        raise DataNotFoundError(f"Task {task.name!r} has no labelled {split!r} split on the hub "
+                                f"(available: {', '.join(task.hub.splits)}).")
+    try:
+        return _load_hub_split(task, split)
+    except Exception as err:  # offline, DNS failure, hub outage: all mean the same fix
+        raise DataNotFoundError(
+            f"Task {task.name!r}: {DATA_ENV} is not set and the hub is unreachable "
+            f"({type(err).__name__}); set {DATA_ENV} to a folder holding "
+            f"{task.folder}/{split}.jsonl, or go online.") from err
+
+
+def load_task(
+    name: str,
+    splits: Sequence[str] = ("train", "validation"),
+    *,
+    profile: Optional["Profile"] = None,
+    max_train_examples: Optional[int] = None,
+    max_eval_examples: Optional[int] = None,
+    domains: Optional[Sequence[str]] = None,
+    data_dir: Optional[os.PathLike] = None,
+    seed: int = 0,
+) -> "DatasetDict":
+    """Load a task as a ``datasets.DatasetDict``, filtered by domain and subsampled.
+
+    Args:
+        name: a registered task (:data:`TASKS`).
+        splits: which splits to load.
+        profile: take the subset sizes from this profile (explicit sizes win).
+        max_train_examples: keep at most this many training rows (random, seeded).
+        max_eval_examples: the same for ``validation`` and ``test``.
+        domains: keep only rows of these domains (tasks with domains only).
+        data_dir: a local data folder; defaults to ``$TLUTILS_DATA_DIR``, then the hub.
+        seed: the seed of the subsampling.
+
+    Raises:
+        DataNotFoundError, DataError, ConfigError: with the fix in the message.
+    """
+    from datasets import Dataset, DatasetDict
+
+    task = get_task(name)
+    if profile is not None:
+        max_train_examples = max_train_examples or profile.max_train_examples
+        max_eval_examples = max_eval_examples or profile.max_eval_examples
+    if domains is not None:
+        unknown = sorted(set(domains) - set(task.domains))
+        if unknown:
+            raise ConfigError(f"Task {name!r} has no domain {', '.join(unknown)}: "
+                              f"choose from {', '.join(task.domains) or '(none: it has no domains)'}.")
+    out = {}
+    for split in splits:
+        rows = load_split(task, split, data_dir)
+        if domains is not None:
+            rows = [r for r in rows if r["domain"] in domains]
+        if not rows:
+            raise DataError(f"Task {name!r}, split {split!r} is empty"
+                            + (f" after keeping domains {list(domains)}" if domains else "")
+                            + "; choose other domains or check the data folder.")
+        limit = max_train_examples if split == "train" else max_eval_examples
+        dataset = Dataset.from_list(rows)
+        if limit is not None and limit < len(dataset):
+            dataset = dataset.shuffle(seed=seed).select(range(limit))
+        out[split] = dataset
+    return DatasetDict(out)
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@dataclass
+class TruncationReport:
+    """How many examples of each split lost tokens to ``max_length``."""
+
+    max_length: int
+    counts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # split -> (n, truncated, longest)
+
+    def fraction(self, split: str) -> float:
+        n, cut, _ = self.counts[split]
+        return cut / n if n else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"{split}: {n} examples, {cut} truncated ({100 * cut / max(n, 1):.1f}%) at "
+                 f"max_length={self.max_length}; longest {longest} tokens"
+                 for split, (n, cut, longest) in self.counts.items()]
+        return "\n".join(lines)
+
+
+def check_max_length(tokenizer: "PreTrainedTokenizerBase", max_length: int,
+                     model_positions: Optional[int] = None) -> None:
+    """Refuse a ``max_length`` the model cannot embed (more tokens than position embeddings)."""
+    limits = [x for x in (model_positions, getattr(tokenizer, "model_max_length", None))
+              if x is not None and x < 1_000_000]
+    limit = min(limits) if limits else None
+    if max_length < 8:
+        raise ConfigError(f"max_length={max_length} is too short for [CLS] a [SEP] b [SEP]; use >= 8.")
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"max_length={max_length} exceeds the model's {limit} positions; "
+                          f"use max_length <= {limit} (longer inputs are truncated and reported).")
+
+
+def tokenize_task(
+    data: "DatasetDict",
+    tokenizer: "PreTrainedTokenizerBase",
+    task: TaskSpec | str,
+    max_length: int,
+    model_positions: Optional[int] = None,
+) -> tuple["DatasetDict", TruncationReport]:
+    """Tokenize every split: single texts or pairs (``[CLS] a [SEP] b [SEP]``), truncated to
+    ``max_length`` with the ``longest_first`` strategy, unpadded (batches pad themselves).
+
+    Returns:
+        the tokenized data (``input_ids``, ``attention_mask``, ``token_type_ids`` where the
+        model uses them, ``labels``, ``length``; the text columns stay for inspection) and a
+        :class:`TruncationReport`.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    check_max_length(tokenizer, max_length, model_positions)
+    report = TruncationReport(max_length)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = [batch[f] for f in task.text_fields]
+        full = tokenizer(*texts, truncation=False, verbose=False)["input_ids"]
+        enc = tokenizer(*texts, truncation="longest_first", max_length=max_length)
+        enc = {k: v for k, v in enc.items() if k in MODEL_INPUTS}
+        enc["labels"] = batch["label"]
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        enc["full_length"] = [len(ids) for ids in full]
+        return enc
+
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a bar per split is noise in a chapter
+    try:
+        out = data.map(encode, batched=True, load_from_cache_file=False)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    for split, dataset in out.items():
+        full = dataset["full_length"]
+        report.counts[split] = (len(full), sum(n > max_length for n in full), max(full, default=0))
+    return out.remove_columns("full_length"), report
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                           shuffle: bool = True, group_size: int = 50) -> list[list[int]]:
+    """Batches of indices whose members have similar lengths, so padding wastes little.
+
+    Shuffled: a seeded permutation is cut into groups of ``group_size`` batches, each group is
+    sorted by length and cut into batches, and the batch order is shuffled again. Not shuffled
+    (evaluation): all indices sorted by length, longest first. The same ``(seed, epoch)``
+    always gives the same batches, which is what makes an exact resume possible.
+    """
+    n = len(lengths)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: use a positive integer.")
+    if not shuffle:
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    gen = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    chunk = batch_size * group_size
+    batches = []
+    for start in range(0, n, chunk):
+        group = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """A batch sampler over :func:`length_grouped_batches`; call :meth:`set_epoch` each epoch."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
+                 seed: int = 0, group_by_length: bool = True) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        if self.group_by_length:
+            return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch,
+                                          self.shuffle)
+        n = len(self.lengths)
+        order = list(range(n))
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+            order = torch.randperm(n, generator=gen).tolist()
+        return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+@dataclass
+class PadCollator:
+    """Pad a list of tokenized examples to the longest one (dynamic padding).
+
+    Keeps ``input_ids``/``attention_mask``/``token_type_ids``/``labels`` and adds ``idx`` (the
+    example's position in its split) so predictions can be put back in dataset order.
+    """
+
+    pad_token_id: int = 0
+    pad_to_multiple_of: Optional[int] = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, torch.Tensor] = {}
+        for key in MODEL_INPUTS:
+            if key not in examples[0]:
+                continue
+            fill = self.pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([list(e[key]) + [fill] * (longest - len(e[key]))
+                                       for e in examples], dtype=torch.long)
+        labels = [e["labels"] for e in examples]
+        dtype = torch.float if isinstance(labels[0], float) else torch.long
+        batch["labels"] = torch.tensor(labels, dtype=dtype)
+        batch["idx"] = torch.tensor([e["idx"] for e in examples], dtype=torch.long)
+        return batch
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """A view of a tokenized split that yields only the model's columns plus ``idx``."""
+
+    def __init__(self, dataset: "Dataset") -> None:
+        keep = [c for c in (*MODEL_INPUTS, "labels") if c in dataset.column_names]
+        self.columns = {c: list(dataset[c]) for c in keep}  # materialised once: fast __getitem__
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {c: values[i] for c, values in self.columns.items()}
+        item["idx"] = i
+        return item
+
+
+def make_loader(
+    dataset: "Dataset",
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    group_by_length: bool = True,
+    pad_to_multiple_of: Optional[int] = None,
+) -> DataLoader:
+    """A ``DataLoader`` of dynamically padded, optionally length-grouped batches.
+
+    Args:
+        dataset: a split produced by :func:`tokenize_task` (needs ``input_ids``, ``labels``).
+        batch_size: examples per batch.
+        shuffle: a new seeded order every epoch (training) or a fixed one (evaluation).
+        seed: the seed of the order; the epoch is set by ``loader.batch_sampler.set_epoch``.
+        pad_token_id: the tokenizer's ``pad_token_id``.
+        group_by_length: batch similar lengths together (less padding, faster).
+        pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
+    """
+    if len(dataset) == 0:
+        raise DataError("Cannot make batches of an empty split; check the filters and subset sizes.")
+    if "input_ids" not in dataset.column_names:
+        raise DataError("The split is not tokenized: call tlutils.data.tokenize_task first.")
+    lengths = dataset["length"] if "length" in dataset.column_names else [len(x) for x in dataset["input_ids"]]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size, shuffle, seed, group_by_length)
+    return DataLoader(_Indexed(dataset), batch_sampler=sampler,
+                      collate_fn=PadCollator(pad_token_id, pad_to_multiple_of),
+                      generator=torch.Generator().manual_seed(seed))

