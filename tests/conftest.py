@@ -1,8 +1,7 @@
 """Shared fixtures of the tlutils unit tests.
 
-The environment is set before anything imports ``transformers``/``datasets`` (they read the
-offline switches at import time): the staged data folder next to the repository, offline hub,
-no progress bars, a non-interactive matplotlib backend. CI sets ``TLUTILS_DATA_DIR`` itself.
+The environment is set by the repository's root ``conftest.py`` before anything imports
+``transformers``/``datasets`` (they read the offline switches at import time).
 """
 
 from __future__ import annotations
@@ -14,13 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_STAGED = (REPO / ".." / "shared" / "data").resolve()
-if _STAGED.is_dir():
-    os.environ.setdefault("TLUTILS_DATA_DIR", str(_STAGED))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TLUTILS_PROGRESS", "0")
-os.environ.setdefault("MPLBACKEND", "Agg")
+# The environment (offline hub, data folder, smoke profile, no bars) is set by ../conftest.py.
 
 
 @pytest.fixture(scope="session")

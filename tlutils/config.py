@@ -68,8 +68,8 @@ PROFILES: dict[str, Profile] = {
         max_length=128, batch_size=16, eval_batch_size=64, epochs=2, learning_rate=1e-3,
     ),
     "small": Profile(
-        name="small", model_name="minilm", max_train_examples=1600, max_eval_examples=None,
-        max_length=128, batch_size=32, eval_batch_size=128, epochs=3, learning_rate=1e-4,
+        name="small", model_name="minilm", max_train_examples=1200, max_eval_examples=None,
+        max_length=128, batch_size=32, eval_batch_size=128, epochs=2, learning_rate=2e-4,
     ),
     "full": Profile(
         name="full", model_name="bert-base-uncased", max_train_examples=None,

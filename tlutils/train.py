@@ -321,7 +321,7 @@ def fit(
                                         cpu=config.cpu or not torch.cuda.is_available())
     accelerator = make_accelerator(precision, config.grad_accum_steps, config.cpu)
     pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", 0) or 0
-    multiple = 8 if accelerator.device.type == "cuda" else None
+    multiple = 8
     train_loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
                                pad_token_id=pad, group_by_length=config.group_by_length,
                                pad_to_multiple_of=multiple)

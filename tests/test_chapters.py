@@ -1,0 +1,121 @@
+"""The book's chapters: twins in sync, each chapter executed (smoke profile) with papermill and
+asserted on through its results file, and the whole book built with warnings as errors.
+
+nbval runs the `.ipynb` twins separately (`pytest --nbval-lax book`, part of `make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(p for p in (REPO / "book").rglob("*.md") if "kernelspec:" in p.read_text()[:800])
+IDS = [str(p.relative_to(REPO / "book")) for p in CHAPTERS]
+
+
+def _cells(notebook) -> list[tuple[str, str, tuple]]:
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in notebook.cells]
+
+
+def test_every_toc_file_exists_and_every_chapter_is_in_the_toc():
+    toc = (REPO / "_toc.yml").read_text()
+    files = [line.split("file:")[1].strip() for line in toc.splitlines() if "file:" in line]
+    files.append(toc.split("root:")[1].split()[0])
+    for name in files:
+        assert (REPO / f"{name}.md").is_file(), f"_toc.yml lists {name} but {name}.md is missing"
+    for chapter in CHAPTERS:
+        assert str(chapter.relative_to(REPO).with_suffix("")) in files, f"{chapter} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_ipynb_twin_in_sync_and_without_outputs(chapter):
+    twin = chapter.with_suffix(".ipynb")
+    assert twin.is_file(), f"{twin} is missing: run `make sync`"
+    source, committed = jupytext.read(chapter), jupytext.read(twin)
+    assert _cells(source) == _cells(committed), f"{twin} differs from {chapter.name}: run `make sync`"
+    assert not any(c.get("outputs") for c in committed.cells), f"{twin} holds outputs: clear them"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_chapter_structure(chapter):
+    """Every chapter has a parameters cell with PROFILE = "auto" and a hidden Colab cell."""
+    notebook = jupytext.read(chapter)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", ())]
+    if chapter.name != "intro.md":
+        assert len(tagged) == 1 and 'PROFILE = "auto"' in tagged[0].source
+    colab = [c for c in code if "google.colab" in c.source]
+    assert colab and "remove-cell" in colab[0].metadata.get("tags", ())
+
+
+def _execute(chapter: Path, tmp_path: Path) -> dict:
+    import papermill as pm
+
+    pm.execute_notebook(str(chapter.with_suffix(".ipynb")), str(tmp_path / chapter.with_suffix(".ipynb").name),
+                        parameters={"PROFILE": "smoke", "SEED": 0}, cwd=str(chapter.parent),
+                        kernel_name="python3", progress_bar=False)
+    return json.loads((tmp_path / "outputs" / chapter.stem / "metrics.json").read_text())
+
+
+@pytest.fixture
+def outputs_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    return tmp_path
+
+
+@pytest.mark.chapter
+def test_sentence_pair_classification_chapter(outputs_in):
+    record = _execute(REPO / "book" / "concepts" / "sentence_pair_classification.md", outputs_in)
+    assert record["profile"] == "smoke" and record["model"] == "tiny-bert"
+    assert 0 < record["wall_time_s"] < 600
+    mrpc = record["metrics"]["mrpc"]
+    for name in ("pretrained", "scratch"):
+        for metric in ("accuracy", "f1"):
+            assert 0.0 <= mrpc[name][metric] <= 1.0
+        assert -1.0 <= mrpc[name]["mcc"] <= 1.0 and mrpc[name]["samples_per_second"] > 0
+    assert math.isclose(mrpc["transfer_gain_accuracy"],
+                        mrpc["pretrained"]["accuracy"] - mrpc["scratch"]["accuracy"])
+    assert 0.5 <= mrpc["majority_baseline"] <= 0.8  # MRPC validation: 68% paraphrases
+    assert 0.0 <= mrpc["truncated_fraction"] <= 1.0
+    rte = record["metrics"]["rte"]
+    assert 0.0 <= rte["pretrained"]["accuracy"] <= 1.0 and 0.3 <= rte["majority_baseline"] <= 0.7
+    assert rte["train_examples"] == 32  # half of MRPC's, to keep the budget
+    assert record["metrics"]["train_examples"] == 64
+
+
+@pytest.mark.chapter
+def test_intro_executes(outputs_in):
+    import papermill as pm
+
+    chapter = REPO / "book" / "intro.ipynb"
+    out = outputs_in / "intro.ipynb"
+    pm.execute_notebook(str(chapter), str(out), cwd=str(chapter.parent), kernel_name="python3",
+                        progress_bar=False)
+    text = out.read_text()
+    assert '"smoke' in text and "equivalent" in text  # the profile printed, the MRPC pairs shown
+
+
+@pytest.mark.chapter
+def test_book_builds_with_warnings_as_errors(tmp_path):
+    """`jupyter-book build -W` in the smoke profile: every chapter executes, no warning."""
+    env = {**os.environ, "TLUTILS_PROFILE": "smoke", "TLUTILS_OUTPUT_DIR": str(tmp_path / "outputs")}
+    jb = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(REPO), "--path-output",
+               str(tmp_path), "-W", "--keep-going"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").is_file()
+    page = (html / "book" / "concepts" / "sentence_pair_classification.html").read_text()
+    assert "Transfer gain" in page and "results written to" in page  # executed, outputs rendered
+    assert "colab.research.google.com/github/tlbook/transfer-learning-nlp/blob/main/book/concepts/" \
+           "sentence_pair_classification.ipynb" in page
+    assert (tmp_path / "outputs" / "sentence_pair_classification" / "metrics.json").is_file()
