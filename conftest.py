@@ -5,6 +5,7 @@ inherit this environment). CI sets the same variables explicitly in `.ci/run`.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 _DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
@@ -13,3 +14,5 @@ if _DATA.is_dir():
 for key, value in {"TLUTILS_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                    "TLUTILS_PROGRESS": "0", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}.items():
     os.environ.setdefault(key, value)
+# Chapters executed by the tests write their results here, not over `make book`'s outputs/.
+os.environ.setdefault("TLUTILS_OUTPUT_DIR", tempfile.mkdtemp(prefix="tlutils-test-outputs-"))
