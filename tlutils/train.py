@@ -321,6 +321,9 @@ def fit(
                                         cpu=config.cpu or not torch.cuda.is_available())
     accelerator = make_accelerator(precision, config.grad_accum_steps, config.cpu)
     pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", 0) or 0
+    # Lengths rounded up to a multiple of 8: tensor cores want it on GPUs, and on CPUs it bounds
+    # the number of distinct batch shapes (oneDNN caches work per shape; with every length its
+    # own shape, resident memory kept growing over an epoch and peaked 19% above the Trainer's).
     multiple = 8
     train_loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
                                pad_token_id=pad, group_by_length=config.group_by_length,
