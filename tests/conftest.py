@@ -71,3 +71,21 @@ def isolated_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     out = tmp_path / "outputs"
     monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(out))
     return out
+
+
+@pytest.fixture
+def run_chapter(tmp_path, monkeypatch):
+    """Execute a chapter's `.ipynb` twin with papermill in the smoke profile and return its
+    results record: ``record = run_chapter("concepts/sentence_pair_classification")``."""
+    import papermill as pm
+
+    monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "outputs"))
+
+    def run(chapter: str, **parameters) -> dict:
+        notebook = REPO / "book" / f"{chapter}.ipynb"
+        pm.execute_notebook(str(notebook), str(tmp_path / notebook.name),
+                            parameters={"PROFILE": "smoke", "SEED": 0, **parameters},
+                            cwd=str(notebook.parent), kernel_name="python3", progress_bar=False)
+        return json.loads((tmp_path / "outputs" / notebook.stem / "metrics.json").read_text())
+
+    return run

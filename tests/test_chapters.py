@@ -56,15 +56,6 @@ def test_chapter_structure(chapter):
     assert colab and "remove-cell" in colab[0].metadata.get("tags", ())
 
 
-def _execute(chapter: Path, tmp_path: Path) -> dict:
-    import papermill as pm
-
-    pm.execute_notebook(str(chapter.with_suffix(".ipynb")), str(tmp_path / chapter.with_suffix(".ipynb").name),
-                        parameters={"PROFILE": "smoke", "SEED": 0}, cwd=str(chapter.parent),
-                        kernel_name="python3", progress_bar=False)
-    return json.loads((tmp_path / "outputs" / chapter.stem / "metrics.json").read_text())
-
-
 @pytest.fixture
 def outputs_in(tmp_path, monkeypatch):
     monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "outputs"))
@@ -72,8 +63,8 @@ def outputs_in(tmp_path, monkeypatch):
 
 
 @pytest.mark.chapter
-def test_sentence_pair_classification_chapter(outputs_in):
-    record = _execute(REPO / "book" / "concepts" / "sentence_pair_classification.md", outputs_in)
+def test_sentence_pair_classification_chapter(run_chapter):
+    record = run_chapter("concepts/sentence_pair_classification")
     assert record["profile"] == "smoke" and record["model"] == "tiny-bert"
     assert 0 < record["wall_time_s"] < 600
     mrpc = record["metrics"]["mrpc"]
