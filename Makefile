@@ -32,7 +32,7 @@ test:
 	$(PYTHON) -m pytest
 
 test-fast:
-	$(PYTHON) -m pytest -m "not chapter"
+	$(PYTHON) -m pytest tests -m "not chapter"
 
 sync:
 	$(PYTHON) -m jupytext --sync $$(grep -l "^kernelspec:" book/*.md book/*/*.md)
