@@ -1,0 +1,204 @@
+"""Looking inside an encoder: sentence embeddings, layer groups and how far fine-tuning moves them.
+
+Three questions a transfer experiment keeps asking, each a small pure function:
+
+- *What does the encoder say about a sentence?* :func:`embed_sentences` pools its last hidden
+  states into one vector per text (mean over real tokens, or the ``[CLS]`` state), and
+  :func:`pair_similarity` compares two lists of texts by cosine similarity.
+- *Which part of the network is this weight in?* :func:`layer_of` maps a parameter name to its
+  group (``embeddings``, ``layer 0`` ... ``layer N-1``, ``pooler``, ``head``), so a chapter can
+  freeze or count by layer.
+- *How much did training change each part?* :func:`layer_weight_change` compares two snapshots
+  (:func:`snapshot`) layer by layer, and :func:`plot_layer_change` draws the result.
+
+The chapter *Pretrained models and transfer learning* (``book/concepts/pretrained_and_transfer.md``)
+uses all of them and explains what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from transformers import PreTrainedTokenizerBase
+
+POOLINGS = ("mean", "cls")
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|albert_layer_groups)\.(\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The group a parameter belongs to, from its name in a BERT-style model.
+
+    ``embeddings`` (word, position, segment embeddings and their LayerNorm), ``layer i`` (the
+    i-th transformer block, counted from the input, 0-based), ``pooler`` (BERT's dense layer on
+    ``[CLS]``) or ``head`` (everything else: the task's classifier).
+
+    Example:
+        >>> layer_of("bert.encoder.layer.3.attention.self.query.weight")
+        'layer 3'
+        >>> layer_of("classifier.bias")
+        'head'
+    """
+    if ".embeddings." in f".{name}" or name.startswith("embeddings."):
+        return "embeddings"
+    match = _LAYER.search(name)
+    if match:
+        return f"layer {int(match.group(1))}"
+    if ".pooler." in f".{name}":
+        return "pooler"
+    return "head"
+
+
+def group_sort_key(group: str) -> tuple[int, int]:
+    """Sort key putting groups in network order: embeddings, layer 0, layer 1, ..., pooler, head."""
+    if group == "embeddings":
+        return (0, 0)
+    if group.startswith("layer "):
+        return (1, int(group.split()[1]))
+    return (2, 0) if group == "pooler" else (3, 0)
+
+
+def layer_groups(model: torch.nn.Module) -> list[str]:
+    """The model's parameter groups in network order: embeddings, layer 0..N-1, pooler, head."""
+    return sorted({layer_of(n) for n, _ in model.named_parameters()}, key=group_sort_key)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached fp32 CPU copy of every parameter (not the buffers), to compare later."""
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
+
+
+def layer_weight_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+                        model: Optional[torch.nn.Module] = None) -> dict[str, float]:
+    """Relative change of each layer group: ``‖W_after − W_before‖ / ‖W_before‖``.
+
+    The norms are Frobenius norms over all parameters of a group taken together (one long
+    vector per group), so a group's number does not depend on how it is split into tensors.
+
+    Args:
+        before, after: parameter name -> tensor (e.g. two :func:`snapshot` s, or state dicts).
+        model: when given, only its parameters are compared (buffers such as ``position_ids``
+            in a state dict are skipped); otherwise every floating-point entry of ``before``.
+
+    Returns:
+        group -> relative change (>= 0; exactly 0 for a group whose weights did not move), in
+        network order (embeddings, layer 0 ... layer N-1, pooler, head).
+
+    Raises:
+        KeyError: a compared name is missing from ``after``.
+        ValueError: a tensor changed shape.
+    """
+    names = ([n for n, _ in model.named_parameters()] if model is not None
+             else [n for n, t in before.items() if torch.is_floating_point(t)])
+    diff_sq: dict[str, float] = {}
+    base_sq: dict[str, float] = {}
+    for name in names:
+        w0 = before[name].detach().double().cpu()
+        w1 = after[name].detach().double().cpu()
+        if w0.shape != w1.shape:
+            raise ValueError(f"{name}: shape {tuple(w0.shape)} before, {tuple(w1.shape)} after.")
+        group = layer_of(name)
+        diff_sq[group] = diff_sq.get(group, 0.0) + float(((w1 - w0) ** 2).sum())
+        base_sq[group] = base_sq.get(group, 0.0) + float((w0 ** 2).sum())
+    return {g: math.sqrt(diff_sq[g]) / math.sqrt(base_sq[g]) if base_sq[g] > 0 else
+            (0.0 if diff_sq[g] == 0 else math.inf)
+            for g in sorted(diff_sq, key=group_sort_key)}
+
+
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare encoder of a model with a task head (``model.bert``, ``model.roberta``, ...)."""
+    return getattr(model, "base_model", model)
+
+
+@torch.no_grad()
+def embed_sentences(model: torch.nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+                    pooling: str = "mean", *, batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+    """One vector per text from the encoder's last hidden states.
+
+    Args:
+        model: an encoder, or a model with a task head (its ``base_model`` is used; the head
+            is ignored).
+        tokenizer: the model's tokenizer.
+        texts: the sentences, each encoded on its own (``[CLS] text [SEP]``).
+        pooling: ``"mean"``: the average of the real tokens' states (padding masked out), as
+            sentence-transformers models such as all-MiniLM-L6-v2 are trained to be used;
+            ``"cls"``: the state at ``[CLS]``.
+        batch_size, max_length: batching and truncation.
+
+    Shapes:
+        returns ``(N, H)`` float32 on the CPU, N = ``len(texts)``, H = hidden size.
+
+    The model is put in eval mode (no dropout) and given back in the mode it was in.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}.")
+    encoder = _encoder(model)
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt").to(device)
+            states = encoder(**batch).last_hidden_state.float()  # (B, T, H)
+            if pooling == "cls":
+                out.append(states[:, 0].cpu())  # (B, H)
+                continue
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+            out.append(((states * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu())  # (B, H)
+    finally:
+        encoder.train(was_training)
+    if not out:
+        return torch.zeros((0, encoder.config.hidden_size))
+    return torch.cat(out)
+
+
+def pair_similarity(model: torch.nn.Module, tokenizer: "PreTrainedTokenizerBase", texts_a: Sequence[str],
+                    texts_b: Sequence[str], pooling: str = "mean", **kwargs) -> torch.Tensor:
+    """Cosine similarity of each pair's two sentence embeddings, ``(N,)`` in ``[-1, 1]``.
+
+    Each sentence is embedded *on its own* with :func:`embed_sentences` (a bi-encoder view);
+    ``kwargs`` go to it.
+    """
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones.")
+    a = embed_sentences(model, tokenizer, texts_a, pooling, **kwargs)  # (N, H)
+    b = embed_sentences(model, tokenizer, texts_b, pooling, **kwargs)  # (N, H)
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)  # (N,)
+
+
+def plot_layer_change(changes: Mapping[str, Mapping[str, float]] | Mapping[str, float], *,
+                      ax: Optional["Axes"] = None, log: bool = False,
+                      title: str = "How much fine-tuning moved each layer") -> "Axes":
+    """Bars of :func:`layer_weight_change`, one group per layer; several runs side by side.
+
+    Args:
+        changes: one run (group -> change) or several (run name -> group -> change).
+        log: a logarithmic y axis (a randomly initialised head can move far more than the rest).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = changes if all(isinstance(v, Mapping) for v in changes.values()) else {"": changes}
+    groups = sorted({g for run in runs.values() for g in run}, key=group_sort_key)
+    ax = ax or plt.subplots(figsize=(max(5.0, 0.7 * len(groups) + 2), 3.6))[1]
+    width = 0.8 / len(runs)
+    x = np.arange(len(groups))
+    for i, (name, run) in enumerate(runs.items()):
+        values = [run.get(g, float("nan")) for g in groups]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=name or None,
+               color=plt.cm.tab10.colors[i % 10])
+    ax.set_xticks(x, groups, rotation=45, ha="right")
+    ax.set(ylabel="‖W_after − W_before‖ / ‖W_before‖", title=title)
+    if log:
+        ax.set_yscale("log")
+    if len(runs) > 1:
+        ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return ax

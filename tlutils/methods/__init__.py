@@ -1,0 +1,1 @@
+"""Transfer-learning methods, one module per method: pure functions and small classes."""
