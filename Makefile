@@ -22,7 +22,7 @@ install:
 	$(PYTHON) -m pip install "torch==2.13.0" -e ".[book,dev]" -c constraints.txt
 
 book:
-	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} $(JB) build . -W --keep-going
+	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} $(JB) build . --all -W --keep-going
 	@$(PYTHON) -m tlutils.results
 
 book-smoke:
