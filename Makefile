@@ -11,7 +11,7 @@ export TLUTILS_PROGRESS ?= 0
 
 help:
 	@echo "make install     install tlutils with the book and dev extras (pinned CPU torch)"
-	@echo "make book        execute every chapter (small profile) and build _build/html"
+	@echo "make book        execute every chapter (small profile), build _build/html, keep the records"
 	@echo "make book-smoke  the same in the smoke profile (about a minute)"
 	@echo "make test        unit tests + chapter tests (smoke profile)"
 	@echo "make sync        regenerate the .ipynb twins from the .md chapters"
@@ -23,7 +23,7 @@ install:
 
 book:
 	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} $(JB) build . --all -W --keep-going
-	@$(PYTHON) -m tlutils.results
+	@$(PYTHON) -m tlutils.results --keep
 
 book-smoke:
 	TLUTILS_PROFILE=smoke $(MAKE) book

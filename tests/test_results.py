@@ -89,10 +89,10 @@ def test_summary_of_an_empty_folder(isolated_outputs):
 
 
 def test_main_prints_the_chapters(isolated_outputs, capsys):
-    results.main()
+    results.main([])
     assert "no results yet" in capsys.readouterr().out
     save_results(CHAPTER, {"accuracy": 0.8}, profile=get_profile("smoke"), wall_time_s=42.4)
-    results.main()
+    results.main([])
     out = capsys.readouterr().out
     assert CHAPTER in out and "tiny-bert" in out and "42 s" in out
 
@@ -100,3 +100,12 @@ def test_main_prints_the_chapters(isolated_outputs, capsys):
 def test_plain_leaves_python_values_alone():
     value = {"a": [1, 2.5, "x", None, True], "b": {"c": math.pi}}
     assert results._plain(value) == value
+
+
+def test_keep_records_copies_real_runs_only(isolated_outputs, tmp_path):
+    save_results("smoke_chapter", {"accuracy": 0.5}, profile=get_profile("smoke"), wall_time_s=1.0)
+    save_results("small_chapter", {"accuracy": 0.8}, profile=get_profile("small"), wall_time_s=90.0)
+    kept = results.keep_records(destination=tmp_path / "records")
+    assert [p.name for p in kept] == ["small_chapter.small.json"]
+    record = json.loads(kept[0].read_text())
+    assert record["metrics"] == {"accuracy": 0.8} and record["wall_time_s"] == 90.0

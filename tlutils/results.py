@@ -72,7 +72,39 @@ def summary(root: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+RECORDS_DIR = Path("benchmarks") / "results" / "chapters"
+
+
+def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.PathLike] = None,
+                 profiles: tuple[str, ...] = ("small", "full")) -> list[Path]:
+    """Copy the results files of real (not smoke) runs to the committed records folder.
+
+    ``make book`` calls this after a build, so ``benchmarks/results/chapters/<chapter>.<profile>.json``
+    holds the measurements behind the published book; tests assert the chapters' claims on
+    those records (a smoke run checks that a chapter works, not what it finds).
+    """
+    base = Path(root) if root else Path(os.environ.get(OUTPUT_ENV) or (project_root() or Path.cwd()) / "outputs")
+    dest = Path(destination) if destination else (project_root() or Path.cwd()) / RECORDS_DIR
+    kept = []
+    for path in sorted(base.glob("*/metrics.json")):
+        record = json.loads(path.read_text())
+        if record.get("profile") not in profiles:
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / f"{record['chapter']}.{record['profile']}.json"
+        target.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        kept.append(target)
+    return kept
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m tlutils.results``: chapter wall times; ``--keep``: also copy the records."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--keep", action="store_true",
+                        help=f"copy small/full results files to {RECORDS_DIR}")
+    args = parser.parse_args(argv)
     rows = summary()
     if not rows:
         print("no results yet: run a chapter (make book) first")
@@ -81,6 +113,9 @@ def main() -> None:
     for r in rows:
         wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
         print(f"{r['chapter']:<34} {r['profile']:<7} {r['model']:<20} {wall:>10}")
+    if args.keep:
+        for path in keep_records():
+            print(f"kept {path}")
 
 
 if __name__ == "__main__":
