@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlutils.features import encode_texts
-from tlutils.methods.contrastive import mean_pool
+from tlutils.methods.features import encode_texts, mean_pool
 from tlutils.models import load_model
 
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # imported lazily: `datasets` costs a second at import time
 DATA_ENV = "TLUTILS_DATA_DIR"
 SPLITS = ("train", "validation", "test")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Float columns that travel with a batch as (B, C) tensors, besides the model's inputs and the
+# labels: a distillation teacher's logits (see tlutils.methods.distill.with_teacher_logits).
+FLOAT_COLUMNS = ("teacher_logits",)
 
 
 @dataclass(frozen=True)
@@ -444,7 +447,9 @@ class PadCollator:
     """Pad a list of tokenized examples to the longest one (dynamic padding).
 
     Keeps ``input_ids``/``attention_mask``/``token_type_ids``/``labels`` and adds ``idx`` (the
-    example's position in its split) so predictions can be put back in dataset order.
+    example's position in its split) so predictions can be put back in dataset order. Columns
+    of :data:`FLOAT_COLUMNS` present in the examples (``teacher_logits``) are stacked into
+    float tensors ``(B, C)``; they are not model inputs, so loss functions pop them first.
     """
 
     pad_token_id: int = 0
@@ -464,15 +469,19 @@ class PadCollator:
         labels = [e["labels"] for e in examples]
         dtype = torch.float if isinstance(labels[0], float) else torch.long
         batch["labels"] = torch.tensor(labels, dtype=dtype)
+        for key in FLOAT_COLUMNS:
+            if key in examples[0]:
+                batch[key] = torch.tensor([list(e[key]) for e in examples], dtype=torch.float)  # (B, C)
         batch["idx"] = torch.tensor([e["idx"] for e in examples], dtype=torch.long)
         return batch
 
 
 class _Indexed(torch.utils.data.Dataset):
-    """A view of a tokenized split that yields only the model's columns plus ``idx``."""
+    """A view of a tokenized split that yields only the model's columns, the labels, the
+    :data:`FLOAT_COLUMNS` it has, plus ``idx``."""
 
     def __init__(self, dataset: "Dataset") -> None:
-        keep = [c for c in (*MODEL_INPUTS, "labels") if c in dataset.column_names]
+        keep = [c for c in (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS) if c in dataset.column_names]
         self.columns = {c: list(dataset[c]) for c in keep}  # materialised once: fast __getitem__
         self.n = len(dataset)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tlutils.config import Profile, resolve_mixed_precision
-from tlutils.data import TaskSpec, get_task, make_loader
+from tlutils.data import MODEL_INPUTS, TaskSpec, get_task, make_loader
 from tlutils.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 from tlutils.metrics import compute_metrics
 
@@ -139,8 +139,12 @@ def weight_decay_groups(model: torch.nn.Module, learning_rate: float,
 
 
 def default_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """The model's own loss (cross-entropy, or MSE for regression): ``model(**batch).loss``."""
-    return model(**batch).loss, {}
+    """The model's own loss (cross-entropy, or MSE for regression): ``model(**batch).loss``.
+
+    Only the model's inputs and ``labels`` are passed on, so a split that carries extra columns
+    (a distillation teacher's ``teacher_logits``) trains with plain labels too.
+    """
+    return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss, {}
 
 
 def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool = False) -> "Accelerator":
@@ -194,7 +198,7 @@ def _predict_batches(model: torch.nn.Module, loader: Iterable[dict], n: int,
             batch = {k: v.to(device) for k, v in batch.items()}
         idx = batch.pop("idx")
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits.float()  # (B, C)
         gold = batch["labels"]
         if accelerator is not None:
             idx, out, gold = accelerator.gather_for_metrics((idx, out, gold))
@@ -293,7 +297,8 @@ def fit(
         task: the task (its ``metrics[0]`` selects the best epoch; higher is better).
         config: a :class:`TrainConfig` (default settings if None).
         loss_fn: ``loss_fn(model, batch) -> (loss, stats)``; the batch holds ``input_ids``,
-            ``attention_mask``, ``token_type_ids``, ``labels`` on the right device. Stats
+            ``attention_mask``, ``token_type_ids``, ``labels`` (and ``teacher_logits`` when the
+            split has that column, see :data:`tlutils.data.FLOAT_COLUMNS`) on the right device. Stats
             (floats) are averaged per epoch into the history.
         param_groups: AdamW parameter groups with absolute ``lr`` values (default:
             :func:`weight_decay_groups`). The warmup/decay schedule scales every group.

@@ -1,4 +1,5 @@
-"""Contrastive objectives on sentence embeddings: mean pooling, in-batch InfoNCE, triplet loss.
+"""Contrastive objectives on sentence embeddings: in-batch InfoNCE and the triplet loss
+(mean pooling, re-exported here, is defined in :mod:`tlutils.methods.features`).
 
 The book explains them in *Terms II: learning across tasks and domains* (sections
 ``term-contrastive-learning`` and ``term-triplet-loss``).
@@ -10,23 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from tlutils.errors import ConfigError
+from tlutils.methods.features import mean_pool
 
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average the token states of the real (unpadded) tokens: a sentence embedding.
-
-    Args:
-        hidden: the encoder's last hidden states.
-        attention_mask: 1 for real tokens, 0 for padding.
-
-    Shapes:
-        hidden: (B, T, H); attention_mask: (B, T). Returns (B, H).
-
-    Reference: Reimers & Gurevych, *Sentence-BERT*, EMNLP 2019, https://arxiv.org/abs/1908.10084
-    (mean pooling worked best among their pooling strategies).
-    """
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
+__all__ = ["info_nce", "mean_pool", "triplet_loss"]  # mean_pool lives in tlutils.methods.features
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.methods.contrastive import mean_pool
+from tlutils.methods.features import mean_pool
 
 
 class MultiTaskModel(nn.Module):
