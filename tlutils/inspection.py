@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import torch
 
+from tlutils.methods.features import mean_pool
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from transformers import PreTrainedTokenizerBase
@@ -150,8 +152,7 @@ def embed_sentences(model: torch.nn.Module, tokenizer: "PreTrainedTokenizerBase"
             if pooling == "cls":
                 out.append(states[:, 0].cpu())  # (B, H)
                 continue
-            mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-            out.append(((states * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu())  # (B, H)
+            out.append(mean_pool(states, batch["attention_mask"]).cpu())  # (B, H)
     finally:
         encoder.train(was_training)
     if not out:

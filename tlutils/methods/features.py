@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -110,6 +111,21 @@ def _check_texts(texts: Sequence[str], texts_pair: Optional[Sequence[str]]) -> N
                         "pass the two sides of the same pairs.")
 
 
+@contextmanager
+def _frozen_encoder(model: nn.Module, mixed_precision: str) -> Iterator[tuple[nn.Module, torch.device, Optional[torch.dtype]]]:
+    """The encoder of ``model`` in eval mode (no dropout), its device and its autocast dtype
+    (None: fp32); the encoder gets its training mode back afterwards."""
+    encoder = getattr(model, "base_model", model)
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    precision = resolve_mixed_precision(mixed_precision, cpu=device.type != "cuda")
+    try:
+        yield encoder, device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    finally:
+        encoder.train(was_training)
+
+
 @torch.inference_mode()
 def encode_texts(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str], *,
                  max_length: int = 128, batch_size: int = 64, normalize: bool = False,
@@ -137,14 +153,8 @@ def encode_texts(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: 
     """
     _check_texts(texts, None)
     texts = list(texts)
-    encoder = getattr(model, "base_model", model)
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    precision = resolve_mixed_precision(mixed_precision, cpu=device.type != "cuda")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    try:
+    with _frozen_encoder(model, mixed_precision) as (encoder, device, dtype):
+        out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
         for idx in _batches(texts, None, batch_size):
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)
@@ -154,8 +164,6 @@ def encode_texts(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: 
             if normalize:
                 emb = F.normalize(emb, dim=-1)
             out[idx] = emb.cpu().numpy()
-    finally:
-        encoder.train(was_training)
     return out
 
 
@@ -190,15 +198,9 @@ def layer_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts
     """
     _check_texts(texts, texts_pair)
     texts, texts_pair = list(texts), list(texts_pair) if texts_pair is not None else None
-    encoder = getattr(model, "base_model", model)
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    precision = resolve_mixed_precision(mixed_precision, cpu=device.type != "cuda")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    layers, hidden_size = encoder.config.num_hidden_layers + 1, encoder.config.hidden_size
-    out = {p: np.zeros((layers, len(texts), hidden_size), dtype=np.float32) for p in POOLINGS}
-    try:
+    with _frozen_encoder(model, mixed_precision) as (encoder, device, dtype):
+        layers, hidden_size = encoder.config.num_hidden_layers + 1, encoder.config.hidden_size
+        out = {p: np.zeros((layers, len(texts), hidden_size), dtype=np.float32) for p in POOLINGS}
         for idx in _batches(texts, texts_pair, batch_size):
             second = [texts_pair[i] for i in idx] if texts_pair is not None else None
             batch = tokenizer([texts[i] for i in idx], second, padding=True, truncation=True,
@@ -209,8 +211,6 @@ def layer_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts
             mask = batch["attention_mask"]  # (B, T)
             out["cls"][:, idx] = hidden[:, :, 0].cpu().numpy()  # (L+1, B, H)
             out["mean"][:, idx] = torch.stack([mean_pool(h, mask) for h in hidden]).cpu().numpy()
-    finally:
-        encoder.train(was_training)
     return out
 
 
