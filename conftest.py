@@ -1,6 +1,6 @@
 """Session-wide defaults for `make test`: offline, smoke profile, no progress bars.
 
-They apply to the unit tests, the chapter tests and the notebooks nbval runs (their kernels
+They apply to the unit tests, the chapter tests and the notebooks papermill runs (their kernels
 inherit this environment). CI sets the same variables explicitly in `.ci/run`.
 """
 

@@ -1,7 +1,10 @@
-"""The book's chapters: twins in sync, each chapter executed (smoke profile) with papermill and
-asserted on through its results file, and the whole book built with warnings as errors (without a third execution).
+"""The book's chapters: twins in sync, each chapter executed exactly once (smoke profile) with
+papermill and asserted on through its results file, and the whole book built with warnings as
+errors without executing it again.
 
-nbval runs the `.ipynb` twins separately (`pytest --nbval-lax book`, part of `make test`).
+One execution per chapter keeps `make test` within its 15 minutes as the book grows: papermill
+fails on any cell that raises (what nbval's lax mode checked, a second time), and the executed
+notebook is kept for the checks that need outputs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +60,18 @@ def test_chapter_structure(chapter):
     assert colab and "remove-cell" in colab[0].metadata.get("tags", ())
 
 
+def test_every_chapter_is_executed_by_exactly_one_test():
+    """Each executed chapter has one papermill run in the tests (a new chapter without a test,
+    or a chapter run twice, fails here)."""
+    calls = re.findall(r'run_chapter\("([^"]+)"', "".join(p.read_text() for p in (REPO / "tests").glob("test_*.py")))
+    runs = {c: calls.count(c) for c in set(calls)}
+    for chapter in CHAPTERS:
+        if chapter.name == "intro.md":
+            continue
+        name = str(chapter.relative_to(REPO / "book").with_suffix(""))
+        assert runs.get(name) == 1, f"{name} is executed by {runs.get(name, 0)} tests: give it one run_chapter test"
+
+
 @pytest.fixture
 def outputs_in(tmp_path, monkeypatch):
     monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "outputs"))
@@ -99,7 +115,7 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
     """`jupyter-book build -W`: cross-references, citations, the toc and the launch buttons.
 
     Execution is switched off here (a copy of ``_config.yml`` with ``execute_notebooks: off``):
-    papermill and nbval above already execute every chapter, and a third execution would cost
+    the papermill tests already execute every chapter once, and a second execution would cost
     minutes of CI. ``make book`` builds with execution.
     """
     config = (REPO / "_config.yml").read_text()
