@@ -109,3 +109,12 @@ def test_keep_records_copies_real_runs_only(isolated_outputs, tmp_path):
     assert [p.name for p in kept] == ["small_chapter.small.json"]
     record = json.loads(kept[0].read_text())
     assert record["metrics"] == {"accuracy": 0.8} and record["wall_time_s"] == 90.0
+
+
+def test_environment_records_cpu_flags_and_precision():
+    from tlutils.results import SPEED_FLAGS, environment
+
+    env = environment("no")
+    assert env["precision"] == "no" and set(env["cpu"]["flags"]) <= set(SPEED_FLAGS)
+    assert isinstance(env["cpu"]["model"], str) and env["cpu"]["model"]
+    assert environment()["precision"] in ("no", "bf16", "fp16")  # auto, resolved for this machine

@@ -33,14 +33,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured: versions, device and CPU count."""
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the instruction-set flags that decide its speed (bf16 or not).
+
+    Two machines of "the same" kind differ here (AVX2-only vs native bf16), and a throughput
+    or a verdict measured on one may not hold on the other: every record carries this.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), []))
+    return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
+def environment(precision: Optional[str] = None) -> dict[str, Any]:
+    """Where the numbers were measured: versions, device, CPU flags, threads and precision."""
     import transformers
+
+    from tlutils.config import resolve_mixed_precision
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "device": device,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_info(), "precision": resolve_mixed_precision(precision or "auto")}
 
 
 def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
@@ -48,7 +71,8 @@ def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
     """Write ``metrics`` (nested dicts of numbers and strings) for ``chapter``; return the path."""
     record = {"chapter": chapter, "profile": profile.name, "model": profile.model_name,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "wall_time_s": _plain(wall_time_s), "environment": environment(), "metrics": _plain(metrics)}
+              "wall_time_s": _plain(wall_time_s), "environment": environment(profile.mixed_precision),
+              "metrics": _plain(metrics)}
     path = output_dir(chapter) / "metrics.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
