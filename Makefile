@@ -13,6 +13,7 @@ help:
 	@echo "make install     install tlutils with the book and dev extras (pinned CPU torch)"
 	@echo "make book        execute every chapter (small profile), build _build/html, keep the records"
 	@echo "make book-smoke  the same in the smoke profile (about a minute)"
+	@echo "make records-P   record runs of part P (concepts, traditional): whole splits, 3 seeds, fp32"
 	@echo "make test        unit tests + chapter tests (smoke profile)"
 	@echo "make sync        regenerate the .ipynb twins from the .md chapters"
 	@echo "make bench       fit vs transformers.Trainer on MRPC (about 15 minutes on 2 CPUs)"
@@ -22,8 +23,22 @@ install:
 	$(PYTHON) -m pip install "torch==2.13.0" -e ".[book,dev]" -c constraints.txt
 
 book:
-	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} $(JB) build . --all -W --keep-going
+	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} TLUTILS_RECORD_COMMAND="make book" $(JB) build . --all -W --keep-going
 	@$(PYTHON) -m tlutils.results --keep
+
+# make records-concepts, make records-traditional, ...: every chapter of one part in the record
+# profile (whole splits, 3 seeds, fp32; <= 15 min a chapter, <= 90 min a part), kept as
+# benchmarks/results/chapters/<chapter>.record.json. An author step: commit the records after.
+records-%:
+	@test -d book/$* || { echo "no part book/$*: use one of $$(cd book && ls -d */ | tr -d / | tr '\n' ' ')"; exit 1; }
+	@mkdir -p outputs/record
+	@for md in $$(grep -l "save_results(" book/$*/*.md); do \
+	  name=$$(basename $${md%.md}); echo "record run: $$name"; \
+	  TLUTILS_PROFILE=record TLUTILS_OUTPUT_DIR=$(CURDIR)/outputs/record TLUTILS_RECORD_COMMAND="make records-$*" \
+	    $(PYTHON) -m papermill $${md%.md}.ipynb outputs/record/$$name.ipynb -p PROFILE record \
+	    --cwd book/$* --no-progress-bar || exit 1; \
+	done
+	@$(PYTHON) -m tlutils.results --keep --root outputs/record
 
 book-smoke:
 	TLUTILS_PROFILE=smoke $(MAKE) book

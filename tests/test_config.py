@@ -26,10 +26,13 @@ def test_get_profile_returns_the_named_profile(name, model):
 
 
 def test_profiles_trade_fidelity_for_time():
-    smoke, small, full = (get_profile(n) for n in PROFILE_NAMES)
+    smoke, small, record, full = (get_profile(n) for n in PROFILE_NAMES)
     assert smoke.max_train_examples <= 64 and smoke.max_eval_examples <= 64
     assert small.max_train_examples > smoke.max_train_examples
     assert full.max_train_examples is None and full.max_eval_examples is None
+    # the record profile: the small profile's model on whole splits, fp32 pinned, three seeds
+    assert record.model_name == small.model_name and record.max_train_examples is None
+    assert record.mixed_precision == "no" and len(record.seeds) == 3
 
 
 def test_auto_honours_the_environment(monkeypatch):

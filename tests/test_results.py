@@ -118,3 +118,21 @@ def test_environment_records_cpu_flags_and_precision():
     assert env["precision"] == "no" and set(env["cpu"]["flags"]) <= set(SPEED_FLAGS)
     assert isinstance(env["cpu"]["model"], str) and env["cpu"]["model"]
     assert environment()["precision"] in ("no", "bf16", "fp16")  # auto, resolved for this machine
+
+
+def test_record_provenance_names_command_date_cpu_and_precision(tmp_path, monkeypatch):
+    from tlutils.config import get_profile
+    from tlutils.results import load_record, provenance, save_results
+
+    monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TLUTILS_RECORD_COMMAND", "make records-traditional")
+    path = save_results("demo", {"x": 1}, profile=get_profile("record"), wall_time_s=600.0)
+    record = json.loads(path.read_text())
+    assert record["command"] == "make records-traditional" and record["environment"]["precision"] == "no"
+    line = provenance(record)
+    assert "`make records-traditional`" in line and "10.0 min" in line and "fp32" in line
+    assert record["created"][:10] in line and record["environment"]["cpu"]["model"] in line
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "demo.record.json").write_text(path.read_text())
+    assert load_record("demo", root=tmp_path / "kept")["metrics"] == {"x": 1}
+    assert load_record("missing", root=tmp_path / "kept") is None

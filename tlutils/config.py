@@ -8,8 +8,13 @@ profile    model                                       data                     
 =========  ==========================================  =========================  ===============
 smoke      tiny random BERT (2 layers, 128 hidden)     <= 64 examples per split   <= 60 s, 2 CPUs
 small      packaged MiniLM-L6 (offline)                real data, subsets         <= 4 min, 2 CPUs
+record     packaged MiniLM-L6, fp32, 3 seeds           whole training splits      <= 15 min, 2 CPUs
 full       hub checkpoints (bert-base-uncased, ...)    full data sets             GPU (Colab T4)
 =========  ==========================================  =========================  ===============
+
+``record`` is the longer CPU run behind ``make records-<part>``: it resolves what four minutes
+cannot, its precision is pinned to fp32 (so a refresh on a CPU with or without native bf16 does
+not flip a verdict), and its results are committed as ``<chapter>.record.json``.
 
 ``auto`` means ``full`` when CUDA is available and ``small`` otherwise; the environment variable
 ``TLUTILS_PROFILE`` overrides ``auto`` so that jupyter-book, nbval and papermill can steer every
@@ -31,7 +36,7 @@ import torch
 
 from tlutils.errors import ConfigError
 
-PROFILE_NAMES = ("smoke", "small", "full")
+PROFILE_NAMES = ("smoke", "small", "record", "full")
 PROFILE_ENV = "TLUTILS_PROFILE"
 OUTPUT_ENV = "TLUTILS_OUTPUT_DIR"
 
@@ -56,6 +61,7 @@ class Profile:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     mixed_precision: str = "auto"  # "auto" | "no" | "bf16" | "fp16"
+    seeds: tuple[int, ...] = (0,)  # offsets added to a chapter's SEED where it repeats a run
 
     def replace(self, **changes: Any) -> "Profile":
         """A copy with some fields changed: ``cfg.replace(epochs=1)``."""
@@ -70,6 +76,11 @@ PROFILES: dict[str, Profile] = {
     "small": Profile(
         name="small", model_name="minilm", max_train_examples=1200, max_eval_examples=None,
         max_length=128, batch_size=32, eval_batch_size=128, epochs=2, learning_rate=2e-4,
+    ),
+    "record": Profile(
+        name="record", model_name="minilm", max_train_examples=None, max_eval_examples=None,
+        max_length=128, batch_size=32, eval_batch_size=128, epochs=2, learning_rate=2e-4,
+        mixed_precision="no", seeds=(0, 1, 2),
     ),
     "full": Profile(
         name="full", model_name="bert-base-uncased", max_train_examples=None,

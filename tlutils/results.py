@@ -19,6 +19,8 @@ import torch
 
 from tlutils.config import OUTPUT_ENV, Profile, output_dir, project_root
 
+COMMAND_ENV = "TLUTILS_RECORD_COMMAND"  # set by `make book` / `make records-<part>`: how a record was made
+
 
 def _plain(value: Any) -> Any:
     """Turn NumPy/torch scalars and containers into JSON-ready Python values."""
@@ -71,6 +73,7 @@ def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
     """Write ``metrics`` (nested dicts of numbers and strings) for ``chapter``; return the path."""
     record = {"chapter": chapter, "profile": profile.name, "model": profile.model_name,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": os.environ.get(COMMAND_ENV),
               "wall_time_s": _plain(wall_time_s), "environment": environment(profile.mixed_precision),
               "metrics": _plain(metrics)}
     path = output_dir(chapter) / "metrics.json"
@@ -99,8 +102,33 @@ def summary(root: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
 RECORDS_DIR = Path("benchmarks") / "results" / "chapters"
 
 
+def load_record(chapter: str, profile: str = "record",
+                root: Optional[os.PathLike] = None) -> Optional[dict[str, Any]]:
+    """The committed record ``<chapter>.<profile>.json``, or None when it was never made.
+
+    Chapters use it to show the resolved result of a longer run next to their own small run:
+    ``rec = load_record("fine_tuning")``, then :func:`provenance` and the record's comparisons.
+    """
+    base = Path(root) if root else (project_root() or Path.cwd()) / RECORDS_DIR
+    path = base / f"{chapter}.{profile}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def provenance(record: dict[str, Any]) -> str:
+    """One line saying how a record was made: command, date, minutes, CPU and its flags, precision."""
+    env = record.get("environment", {})
+    cpu = env.get("cpu", {})
+    flags = ", ".join(cpu.get("flags", [])) or "flags not recorded"
+    minutes = (record.get("wall_time_s") or 0) / 60
+    precision = {"no": "fp32"}.get(env.get("precision"), env.get("precision") or "precision not recorded")
+    return (f"{record.get('profile', '?')} run of {record.get('chapter', '?')}: "
+            f"`{record.get('command', 'command not recorded')}`, {record.get('created', '?')[:10]}, "
+            f"{minutes:.1f} min on {env.get('cpu_count', '?')} cores of {cpu.get('model', env.get('device', '?'))} "
+            f"({flags}), {precision}, {record.get('model', '?')}")
+
+
 def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.PathLike] = None,
-                 profiles: tuple[str, ...] = ("small", "full")) -> list[Path]:
+                 profiles: tuple[str, ...] = ("small", "record", "full")) -> list[Path]:
     """Copy the results files of real (not smoke) runs to the committed records folder.
 
     ``make book`` calls this after a build, so ``benchmarks/results/chapters/<chapter>.<profile>.json``
@@ -127,9 +155,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--keep", action="store_true",
-                        help=f"copy small/full results files to {RECORDS_DIR}")
+                        help=f"copy small/record/full results files to {RECORDS_DIR}")
+    parser.add_argument("--root", default=None, help="the outputs folder to read (default: outputs/)")
     args = parser.parse_args(argv)
-    rows = summary()
+    rows = summary(args.root)
     if not rows:
         print("no results yet: run a chapter (make book) first")
         return
@@ -138,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
         print(f"{r['chapter']:<34} {r['profile']:<7} {r['model']:<20} {wall:>10}")
     if args.keep:
-        for path in keep_records():
+        for path in keep_records(args.root):
             print(f"kept {path}")
 
 
