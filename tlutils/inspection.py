@@ -3,11 +3,14 @@
 Three questions a transfer experiment keeps asking, each a small pure function:
 
 - *What does the encoder say about a sentence?* :func:`embed_sentences` pools its last hidden
-  states into one vector per text (mean over real tokens, or the ``[CLS]`` state), and
-  :func:`pair_similarity` compares two lists of texts by cosine similarity.
+  states into one vector per text (mean over real tokens, or the state of the tokenizer's
+  first special token: BERT's ``[CLS]``, RoBERTa's ``<s>``), and :func:`pair_similarity`
+  compares two lists of texts by cosine similarity.
 - *Which part of the network is this weight in?* :func:`layer_of` maps a parameter name to its
-  group (``embeddings``, ``layer 0`` ... ``layer N-1``, ``pooler``, ``head``), so a chapter can
-  freeze or count by layer.
+  group (``embeddings``, ``layer 0`` ... ``layer N-1`` or ALBERT's ``shared layers``,
+  ``pooler``, ``head``), so a chapter can freeze or count by layer. It and
+  :func:`layer_groups` come from :mod:`tlutils.core`, which holds the name patterns of BERT,
+  DistilBERT, RoBERTa, ALBERT and ELECTRA.
 - *How much did training change each part?* :func:`layer_weight_change` compares two snapshots
   (:func:`snapshot`) layer by layer, and :func:`plot_layer_change` draws the result.
 
@@ -18,56 +21,24 @@ uses all of them and explains what the numbers mean.
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import torch
 
+from tlutils.core import encoder_of, group_sort_key, layer_groups, layer_of, model_type_of
+from tlutils.errors import ConfigError
 from tlutils.methods.features import mean_pool
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from transformers import PreTrainedTokenizerBase
 
+__all__ = ["POOLINGS", "embed_sentences", "first_token_id", "group_sort_key", "layer_groups",
+           "layer_of", "layer_weight_change", "pair_similarity", "plot_layer_change", "snapshot"]
+# layer_of, group_sort_key and layer_groups live in tlutils.core (the per-architecture layer
+# maps); they are re-exported here, where the chapters have always imported them from.
+
 POOLINGS = ("mean", "cls")
-_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|albert_layer_groups)\.(\d+)\.")
-
-
-def layer_of(name: str) -> str:
-    """The group a parameter belongs to, from its name in a BERT-style model.
-
-    ``embeddings`` (word, position, segment embeddings and their LayerNorm), ``layer i`` (the
-    i-th transformer block, counted from the input, 0-based), ``pooler`` (BERT's dense layer on
-    ``[CLS]``) or ``head`` (everything else: the task's classifier).
-
-    Example:
-        >>> layer_of("bert.encoder.layer.3.attention.self.query.weight")
-        'layer 3'
-        >>> layer_of("classifier.bias")
-        'head'
-    """
-    if ".embeddings." in f".{name}" or name.startswith("embeddings."):
-        return "embeddings"
-    match = _LAYER.search(name)
-    if match:
-        return f"layer {int(match.group(1))}"
-    if ".pooler." in f".{name}":
-        return "pooler"
-    return "head"
-
-
-def group_sort_key(group: str) -> tuple[int, int]:
-    """Sort key putting groups in network order: embeddings, layer 0, layer 1, ..., pooler, head."""
-    if group == "embeddings":
-        return (0, 0)
-    if group.startswith("layer "):
-        return (1, int(group.split()[1]))
-    return (2, 0) if group == "pooler" else (3, 0)
-
-
-def layer_groups(model: torch.nn.Module) -> list[str]:
-    """The model's parameter groups in network order: embeddings, layer 0..N-1, pooler, head."""
-    return sorted({layer_of(n) for n, _ in model.named_parameters()}, key=group_sort_key)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -85,11 +56,12 @@ def layer_weight_change(before: Mapping[str, torch.Tensor], after: Mapping[str, 
     Args:
         before, after: parameter name -> tensor (e.g. two :func:`snapshot` s, or state dicts).
         model: when given, only its parameters are compared (buffers such as ``position_ids``
-            in a state dict are skipped); otherwise every floating-point entry of ``before``.
+            in a state dict are skipped) and grouped with its architecture's layer map;
+            otherwise every floating-point entry of ``before``, grouped by name alone.
 
     Returns:
         group -> relative change (>= 0; exactly 0 for a group whose weights did not move), in
-        network order (embeddings, layer 0 ... layer N-1, pooler, head).
+        network order (embeddings, layer 0 ... layer N-1 or shared layers, pooler, head).
 
     Raises:
         KeyError: a compared name is missing from ``after``.
@@ -97,6 +69,7 @@ def layer_weight_change(before: Mapping[str, torch.Tensor], after: Mapping[str, 
     """
     names = ([n for n, _ in model.named_parameters()] if model is not None
              else [n for n, t in before.items() if torch.is_floating_point(t)])
+    model_type = model_type_of(model) if model is not None else None
     diff_sq: dict[str, float] = {}
     base_sq: dict[str, float] = {}
     for name in names:
@@ -104,7 +77,7 @@ def layer_weight_change(before: Mapping[str, torch.Tensor], after: Mapping[str, 
         w1 = after[name].detach().double().cpu()
         if w0.shape != w1.shape:
             raise ValueError(f"{name}: shape {tuple(w0.shape)} before, {tuple(w1.shape)} after.")
-        group = layer_of(name)
+        group = layer_of(name, model_type)
         diff_sq[group] = diff_sq.get(group, 0.0) + float(((w1 - w0) ** 2).sum())
         base_sq[group] = base_sq.get(group, 0.0) + float((w0 ** 2).sum())
     return {g: math.sqrt(diff_sq[g]) / math.sqrt(base_sq[g]) if base_sq[g] > 0 else
@@ -112,9 +85,18 @@ def layer_weight_change(before: Mapping[str, torch.Tensor], after: Mapping[str, 
             for g in sorted(diff_sq, key=group_sort_key)}
 
 
-def _encoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare encoder of a model with a task head (``model.bert``, ``model.roberta``, ...)."""
-    return getattr(model, "base_model", model)
+def first_token_id(tokenizer: "PreTrainedTokenizerBase") -> int:
+    """The id of the special token the tokenizer puts first, whose state ``"cls"`` pooling
+    reads: ``cls_token`` (BERT's ``[CLS]``, RoBERTa's ``<s>``), else ``bos_token``.
+
+    Raises:
+        ConfigError: the tokenizer has neither.
+    """
+    for token_id in (tokenizer.cls_token_id, tokenizer.bos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ConfigError(f"{type(tokenizer).__name__} has no cls_token or bos_token for pooling='cls' "
+                      "to read; use pooling='mean'.")
 
 
 @torch.no_grad()
@@ -123,23 +105,32 @@ def embed_sentences(model: torch.nn.Module, tokenizer: "PreTrainedTokenizerBase"
     """One vector per text from the encoder's last hidden states.
 
     Args:
-        model: an encoder, or a model with a task head (its ``base_model`` is used; the head
-            is ignored).
-        tokenizer: the model's tokenizer.
-        texts: the sentences, each encoded on its own (``[CLS] text [SEP]``).
+        model: an encoder, or a model with a task head (its ``base_model`` is used, also
+            through a ``peft`` wrapper; the head is ignored).
+        tokenizer: the model's tokenizer; its own special tokens frame each text
+            (``[CLS] text [SEP]`` for BERT, ``<s> text </s>`` for RoBERTa), and whatever it
+            returns (with or without ``token_type_ids``) goes to the encoder.
+        texts: the sentences, each encoded on its own.
         pooling: ``"mean"``: the average of the real tokens' states (padding masked out), as
             sentence-transformers models such as all-MiniLM-L6-v2 are trained to be used;
-            ``"cls"``: the state at ``[CLS]``.
+            ``"cls"``: the state at position 0, which must hold the tokenizer's first special
+            token (:func:`first_token_id`).
         batch_size, max_length: batching and truncation.
 
     Shapes:
         returns ``(N, H)`` float32 on the CPU, N = ``len(texts)``, H = hidden size.
 
     The model is put in eval mode (no dropout) and given back in the mode it was in.
+
+    Raises:
+        ValueError: an unknown ``pooling``.
+        ConfigError: ``pooling="cls"`` with a tokenizer that does not put its ``cls_token``
+            (or ``bos_token``) at position 0 (left padding, or no such token).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: use one of {', '.join(POOLINGS)}.")
-    encoder = _encoder(model)
+    first = first_token_id(tokenizer) if pooling == "cls" else None
+    encoder = encoder_of(model)
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -148,6 +139,10 @@ def embed_sentences(model: torch.nn.Module, tokenizer: "PreTrainedTokenizerBase"
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)
+            if first is not None and not bool((batch["input_ids"][:, 0] == first).all()):
+                raise ConfigError(f"pooling='cls' reads position 0, but the tokenizer does not put "
+                                  f"{tokenizer.convert_ids_to_tokens(first)!r} there (left padding?); "
+                                  "use pooling='mean' or padding_side='right'.")
             states = encoder(**batch).last_hidden_state.float()  # (B, T, H)
             if pooling == "cls":
                 out.append(states[:, 0].cpu())  # (B, H)

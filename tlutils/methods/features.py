@@ -7,8 +7,8 @@ Two routes, both explained in the chapter *Feature extraction* (``feature-extrac
   scratch on the task, produces a vector per sentence; the pair becomes ``[u, v, |u - v|, u * v]``
   for a small classifier (:class:`CNNEncoder`, :class:`BiGRUEncoder`,
   :class:`SiamesePairClassifier`, :func:`train_classifier`);
-- the transfer route: a frozen pretrained encoder is the extractor; its CLS or mean-pooled
-  states of every layer are extracted once, cached (:func:`layer_features`,
+- the transfer route: a frozen pretrained encoder is the extractor; its first-token (``[CLS]``,
+  ``<s>``) or mean-pooled states of every layer are extracted once, cached (:func:`layer_features`,
   :func:`cached_features`), and a probe is trained on them in seconds (:func:`fit_probe`,
   :class:`MLPProbe`).
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlutils.config import output_dir, resolve_mixed_precision
+from tlutils.core import encoder_of
 from tlutils.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def cls_pool(hidden: torch.Tensor) -> torch.Tensor:
-    """The state of the first token (``[CLS]``), which BERT's pair classifier reads.
+    """The state of the first token (BERT's ``[CLS]``, RoBERTa's ``<s>``), which the pair
+    classifiers of these models read.
 
     Shapes:
         hidden: (B, T, H). Returns (B, H).
@@ -115,7 +117,7 @@ def _check_texts(texts: Sequence[str], texts_pair: Optional[Sequence[str]]) -> N
 def _frozen_encoder(model: nn.Module, mixed_precision: str) -> Iterator[tuple[nn.Module, torch.device, Optional[torch.dtype]]]:
     """The encoder of ``model`` in eval mode (no dropout), its device and its autocast dtype
     (None: fp32); the encoder gets its training mode back afterwards."""
-    encoder = getattr(model, "base_model", model)
+    encoder = encoder_of(model)
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -171,10 +173,11 @@ def encode_texts(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: 
 def layer_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
                    texts_pair: Optional[Sequence[str]] = None, *, max_length: int = 128,
                    batch_size: int = 64, mixed_precision: str = "auto") -> dict[str, np.ndarray]:
-    """CLS and mean-pooled states of every layer of a frozen encoder, in the input order.
+    """First-token and mean-pooled states of every layer of a frozen encoder, in the input order.
 
-    With ``texts_pair`` the two texts are encoded *jointly* as one input
-    (``[CLS] a [SEP] b [SEP]``, a cross-encoder's view); without it each text alone. The
+    With ``texts_pair`` the two texts are encoded *jointly* as one input, framed by the
+    tokenizer's own special tokens (BERT: ``[CLS] a [SEP] b [SEP]``, RoBERTa:
+    ``<s> a </s></s> b </s>``; a cross-encoder's view); without it each text alone. The
     encoder runs in eval mode (no dropout) with the precision of
     :func:`tlutils.config.resolve_mixed_precision`; pooling happens in float32.
 
@@ -248,7 +251,7 @@ def cached_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", text
         was read from the cache.
     """
     _check_texts(texts, texts_pair)
-    encoder = getattr(model, "base_model", model)
+    encoder = encoder_of(model)
     device = next(encoder.parameters()).device
     precision = resolve_mixed_precision(mixed_precision, cpu=device.type != "cuda")
     key = {"version": CACHE_VERSION, "model": model_fingerprint(encoder), "tokenizer": tokenizer.name_or_path,

@@ -11,12 +11,18 @@ The book explains them in *Fine-tuning strategies* (``book/traditional/fine_tuni
   schedule itself is the pure function :func:`groups_unfrozen_at`.
 - **Discriminative (layer-wise) learning rates**: :func:`layerwise_lr_groups` builds AdamW
   parameter groups whose *absolute* rates shrink by ``decay`` per layer below the head.
-- **LoRA**: :func:`lora_model` wraps a classifier with ``peft`` low-rank adapters; only the
-  adapters and the classifier train.
+- **LoRA**: :func:`lora_model` wraps a classifier with ``peft`` low-rank adapters on the
+  architecture's attention projections; only the adapters and the task head train.
 
-Layer groups are those of :func:`tlutils.inspection.layer_of`: ``embeddings``, ``layer 0`` ...
-``layer L-1`` (counted from the input), ``pooler`` and ``head``. Nothing here keeps state
-between calls: the unfreezing callback computes the trainable set from the step it is given.
+Layer groups are those of :func:`tlutils.core.layer_of`: ``embeddings``, ``layer 0`` ...
+``layer L-1`` (counted from the input), ``pooler`` and ``head``, read with the layer map of
+the model's architecture (BERT, DistilBERT, RoBERTa, ALBERT, ELECTRA; see :mod:`tlutils.core`).
+ALBERT has one ``shared layers`` group instead of ``layer i``: every layer reuses the same
+weights, so :func:`train_top_k`, :func:`unfreezing_order` (and :class:`GradualUnfreezing`) and
+decayed :func:`layerwise_lr_groups` raise a :class:`~tlutils.errors.ConfigError` for it rather
+than return something meaningless; full fine-tuning, :func:`freeze_all_but` with whole groups
+and :func:`lora_model` work. Nothing here keeps state between calls: the unfreezing callback
+computes the trainable set from the step it is given.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import torch
 
+from tlutils.core import (group_sort_key, has_shared_layers, head_modules, layer_groups, layer_of,
+                          lora_targets, model_type_of, shared_layers_error)
 from tlutils.errors import ConfigError
-from tlutils.inspection import group_sort_key, layer_groups, layer_of
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -44,9 +51,9 @@ def freeze_all_but(model: torch.nn.Module, trainable_groups: Iterable[str]) -> i
     """Make exactly the parameters of ``trainable_groups`` trainable; freeze every other one.
 
     Args:
-        model: a BERT-style model (parameter names as :func:`tlutils.inspection.layer_of` reads them).
+        model: an encoder with a task head (groups as :func:`tlutils.core.layer_groups` gives them).
         trainable_groups: group names such as ``"head"``, ``"pooler"``, ``"layer 5"``,
-            ``"embeddings"``.
+            ``"embeddings"`` (ALBERT: ``"shared layers"``).
 
     Returns:
         the number of trainable parameters afterwards.
@@ -64,15 +71,20 @@ def freeze_all_but(model: torch.nn.Module, trainable_groups: Iterable[str]) -> i
         raise ConfigError(f"The model has no group {', '.join(map(repr, unknown))}; "
                           f"choose from {', '.join(known)}.")
     total = 0
+    model_type = model_type_of(model)
     for name, param in model.named_parameters():
-        param.requires_grad_(layer_of(name) in wanted)
+        param.requires_grad_(layer_of(name, model_type) in wanted)
         total += param.numel() if param.requires_grad else 0
     return total
 
 
 def train_head_only(model: torch.nn.Module, include_pooler: bool = False) -> int:
-    """Freeze the encoder, train the classifier only ("we fix all weights except those of the
-    last fully connected layer"); optionally BERT's pooler (a dense layer on ``[CLS]``) too.
+    """Freeze the encoder, train the task head only ("we fix all weights except those of the
+    last fully connected layer"); optionally the pooler too (BERT's and ALBERT's pretrained
+    dense layer on the first token; RoBERTa, ELECTRA and DistilBERT have none).
+
+    The head is everything above the encoder: BERT's ``classifier``, RoBERTa's and ELECTRA's
+    two-layer ``classifier``, DistilBERT's ``pre_classifier`` and ``classifier``.
 
     Returns:
         the number of trainable parameters.
@@ -85,17 +97,20 @@ def train_top_k(model: torch.nn.Module, k: int, include_pooler: bool = True) -> 
     """Train the top ``k`` transformer layers and everything above them (pooler, head).
 
     Args:
-        model: a BERT-style model with ``L`` transformer layers.
+        model: an encoder with ``L`` transformer layers and a task head.
         k: how many layers, counted from the top, to train (0 <= k <= L; k = L leaves only
             the embeddings frozen).
-        include_pooler: train BERT's pooler with the head.
+        include_pooler: train the pooler (where there is one) with the head.
 
     Returns:
         the number of trainable parameters.
 
     Raises:
-        ConfigError: ``k`` outside ``[0, L]``.
+        ConfigError: ``k`` outside ``[0, L]``, or a model whose layers share their weights
+            (ALBERT: there is no "top k" of one shared block).
     """
+    if has_shared_layers(model):
+        raise shared_layers_error(model, f"train_top_k(k={k})")
     layers = transformer_layers(model)
     if not 0 <= k <= len(layers):
         raise ConfigError(f"k={k}: the model has {len(layers)} transformer layers; use 0 <= k <= {len(layers)}.")
@@ -108,7 +123,13 @@ def train_top_k(model: torch.nn.Module, k: int, include_pooler: bool = True) -> 
 
 def unfreezing_order(model: torch.nn.Module) -> list[list[str]]:
     """The blocks gradual unfreezing makes trainable, top first: ``[["pooler", "head"],
-    ["layer L-1"], ..., ["layer 0"], ["embeddings"]]`` (groups the model lacks are left out)."""
+    ["layer L-1"], ..., ["layer 0"], ["embeddings"]]`` (groups the model lacks are left out).
+
+    Raises:
+        ConfigError: a model whose layers share their weights (ALBERT).
+    """
+    if has_shared_layers(model):
+        raise shared_layers_error(model, "Gradual unfreezing")
     groups = layer_groups(model)
     top = [g for g in groups if g in HEAD_GROUPS]
     return [top] + [[g] for g in reversed(groups) if g not in HEAD_GROUPS]
@@ -153,7 +174,9 @@ class GradualUnfreezing:
         model: the model being trained (the same object passed to ``fit``).
         every: optimizer steps between two unfreezings.
         start: blocks trainable from step 0.
-        order: the blocks, top first (default :func:`unfreezing_order`).
+        order: the blocks, top first (default :func:`unfreezing_order`, which refuses a model
+            with shared layers such as ALBERT; an explicit order of whole groups, e.g.
+            ``[["pooler", "head"], ["shared layers"], ["embeddings"]]``, is taken as given).
 
     Example:
         >>> unfreezer = GradualUnfreezing(model, every=10)
@@ -195,7 +218,13 @@ class GradualUnfreezing:
 
 def layer_depths(model: torch.nn.Module) -> dict[str, int]:
     """Distance of each group from the top: pooler and head 0, ``layer L-1`` 1, ...,
-    ``layer 0`` L, embeddings L+1."""
+    ``layer 0`` L, embeddings L+1.
+
+    Raises:
+        ConfigError: a model whose layers share their weights (ALBERT).
+    """
+    if has_shared_layers(model):
+        raise shared_layers_error(model, "Layer depths")
     layers = transformer_layers(model)
     depths = {g: 0 for g in layer_groups(model) if g in HEAD_GROUPS}
     depths.update({g: len(layers) - i for i, g in enumerate(layers)})
@@ -215,7 +244,7 @@ def layerwise_lr_groups(model: torch.nn.Module, lr: float, decay: float, weight_
     LayerNorm weights) do not.
 
     Args:
-        model: a BERT-style model.
+        model: an encoder with a task head.
         lr: the head's learning rate.
         decay: the factor per layer, in (0, 1] (1: one rate for all, plain fine-tuning).
         weight_decay: AdamW's decoupled weight decay for matrices.
@@ -227,7 +256,8 @@ def layerwise_lr_groups(model: torch.nn.Module, lr: float, decay: float, weight_
         not), in network order; every (selected) parameter is in exactly one group.
 
     Raises:
-        ConfigError: ``decay`` outside (0, 1] or a negative rate.
+        ConfigError: ``decay`` outside (0, 1], a negative rate, or ``decay < 1`` for a model
+            whose layers share their weights (ALBERT; ``decay=1`` is well defined there).
 
     Reference: Sun, Qiu, Xu & Huang, *How to Fine-Tune BERT for Text Classification?*, CCL
     2019, https://arxiv.org/abs/1905.05583 (section 5.3); Howard & Ruder 2018 (2.6 per layer).
@@ -236,11 +266,17 @@ def layerwise_lr_groups(model: torch.nn.Module, lr: float, decay: float, weight_
         raise ConfigError(f"decay={decay}: use a factor in (0, 1] (0.95 for BERT-base in Sun et al. 2019).")
     if lr < 0 or weight_decay < 0:
         raise ConfigError(f"lr={lr}, weight_decay={weight_decay}: both must be >= 0.")
-    depths = layer_depths(model)
+    if has_shared_layers(model):
+        if decay < 1.0:
+            raise shared_layers_error(model, f"layerwise_lr_groups(decay={decay})")
+        depths = {g: 0 for g in layer_groups(model)}  # one rate for all: plain fine-tuning
+    else:
+        depths = layer_depths(model)
+    model_type = model_type_of(model)
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad or include_frozen:
-            buckets.setdefault((layer_of(name), param.ndim >= 2), []).append(param)
+            buckets.setdefault((layer_of(name, model_type), param.ndim >= 2), []).append(param)
     groups = []
     in_order = sorted(buckets.items(), key=lambda kv: (group_sort_key(kv[0][0]), not kv[0][1]))
     for (group, decays), params in in_order:
@@ -254,27 +290,35 @@ def layerwise_lr_groups(model: torch.nn.Module, lr: float, decay: float, weight_
 
 
 def lora_model(model: torch.nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-               target_modules: Sequence[str] = ("query", "value"),
+               target_modules: Optional[Sequence[str]] = None,
                modules_to_save: Optional[Sequence[str]] = None) -> "PeftModel":
     """Wrap a sequence classifier with LoRA adapters (``peft``): ``W x + (alpha / r) B A x``.
 
     The pretrained weights are frozen; the low-rank matrices ``A (r, d_in)`` (random) and
     ``B (d_out, r)`` (zeros, so the wrapped model starts as the original) train, and so does
-    the classification head (``peft`` adds ``classifier``/``score`` to ``modules_to_save`` for
-    ``task_type="SEQ_CLS"``). ``fit``, ``evaluate`` and ``predict`` accept the result as they
-    are; ``merge_and_unload()`` folds the adapters back into plain weights.
+    the task head (its modules, :func:`tlutils.core.head_modules`, go to ``modules_to_save``:
+    ``classifier``, and DistilBERT's ``pre_classifier`` too). ``fit``, ``evaluate`` and
+    ``predict`` accept the result as they are; ``merge_and_unload()`` folds the adapters back
+    into plain weights. On ALBERT the adapted projections are the one shared block's, so one
+    adapter serves every layer.
 
     Args:
         model: e.g. :func:`tlutils.models.load_model`'s output.
         r: the rank of each update.
         alpha: the scale numerator (the update is multiplied by ``alpha / r``).
         dropout: dropout on the adapter's input.
-        target_modules: names of the linear layers that get adapters (BERT: ``query``,
-            ``key``, ``value``, ``dense``).
+        target_modules: names of the linear layers that get adapters; None: the attention's
+            query and value projections of the model's architecture
+            (:func:`tlutils.core.lora_targets`: ``query``/``value`` for BERT, RoBERTa, ALBERT
+            and ELECTRA, ``q_lin``/``v_lin`` for DistilBERT).
         modules_to_save: further modules to train in full (e.g. ``["pooler"]``).
 
     Returns:
         a ``peft.PeftModelForSequenceClassification`` (the input model is modified in place).
+
+    Raises:
+        ConfigError: bad ``r``/``alpha``/``dropout``, or ``target_modules=None`` for a model
+            type without default targets.
 
     Reference: Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022,
     https://arxiv.org/abs/2106.09685.
@@ -283,9 +327,10 @@ def lora_model(model: torch.nn.Module, r: int = 8, alpha: int = 16, dropout: flo
 
     if r < 1 or alpha <= 0 or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"r={r}, alpha={alpha}, dropout={dropout}: need r >= 1, alpha > 0, 0 <= dropout < 1.")
+    targets = list(target_modules) if target_modules is not None else list(lora_targets(model))
+    to_save = list(dict.fromkeys([*head_modules(model), *(modules_to_save or ())]))
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=list(target_modules),
-                        modules_to_save=list(modules_to_save) if modules_to_save else None)
+                        target_modules=targets, modules_to_save=to_save)
     with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
