@@ -20,6 +20,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from tlutils.stats import VERDICTS
+
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (REPO / "book").rglob("*.md") if "kernelspec:" in p.read_text()[:800])
 IDS = [str(p.relative_to(REPO / "book")) for p in CHAPTERS]
@@ -94,8 +96,14 @@ def test_sentence_pair_classification_chapter(run_chapter):
     assert 0.0 <= mrpc["truncated_fraction"] <= 1.0
     rte = record["metrics"]["rte"]
     assert 0.0 <= rte["pretrained"]["accuracy"] <= 1.0 and 0.3 <= rte["majority_baseline"] <= 0.7
-    assert rte["train_examples"] == 32  # half of MRPC's, to keep the budget
+    assert rte["train_examples"] == 64 // 3  # a third of MRPC's, to keep the budget
     assert record["metrics"]["train_examples"] == 64
+    comparisons = record["metrics"]["comparisons"]
+    assert record["metrics"]["main_comparison"] == "pretrained_vs_scratch"
+    for c in comparisons.values():
+        assert c["verdict"] in VERDICTS and c["low"] <= c["difference"] <= c["high"] and c["n"] == 64
+    assert math.isclose(comparisons["pretrained_vs_scratch"]["difference"], mrpc["transfer_gain_accuracy"])
+    assert isinstance(mrpc["scratch"]["at_majority_class"], bool)
 
 
 @pytest.mark.chapter
