@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tlutils.stats import VERDICTS
+
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
 GLOSSARY = BOOK / "concepts" / "glossary.md"
@@ -122,4 +124,19 @@ def test_pretrained_and_transfer_chapter(run_chapter):
     for name, run in runs.items():
         assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["f1"] <= 1.0, name
         assert -1.0 <= run["mcc"] <= 1.0 and run["train_seconds"] > 0, name
+        assert run["pairs_per_second"] > 0 and isinstance(run["at_majority_class"], bool), name
     assert 0.5 <= m["majority_baseline"] <= 0.8
+
+    # every comparison carries a verdict; one main, the rest Holm-corrected within their family
+    comparisons = m["comparisons"]
+    assert m["main_comparison"] == "end-to-end vs progressive (accuracy)"
+    assert len(comparisons) == 3 + 7
+    main = comparisons[m["main_comparison"]]
+    assert main["p_adjusted"] is None and main["n"] == m["validation_examples"]
+    for name, c in comparisons.items():
+        assert c["verdict"] in VERDICTS and c["sentence"].startswith(f"{c['a']} vs {c['b']}"), name
+        assert c["low"] <= c["high"], name
+        if name != m["main_comparison"]:
+            assert c["p_adjusted"] >= c["p_value"] and c["family_size"] in (2, 7), name
+    zero_shot = comparisons["pretrained, zero-shot vs random weights (auc)"]
+    assert math.isclose(zero_shot["difference"], m["zero_shot_auc_gain"])

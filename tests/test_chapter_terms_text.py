@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tlutils.stats import VERDICTS
+
 
 @pytest.mark.chapter
 def test_terms_text_chapter(run_chapter):
@@ -48,12 +50,25 @@ def test_terms_text_chapter(run_chapter):
     covered = [row["validation"] for row in vocab["coverage"]]
     assert covered == sorted(covered)
 
+    assert lm["best_k"] in (1.0, 0.1, 0.01, 0.001) and lm["test_sentences"] == 2 * 64
+
     ls = m["label_smoothing"]
-    assert ls["train_examples"] == 32
+    assert ls["task"] == "mrpc" and ls["train_examples"] == 64 and ls["validation_examples"] == 64
     assert abs(ls["optimum_gold_probability"] - (1 - 0.1 + 0.1 / 2)) < 0.01
     for name in ("cross-entropy", "label smoothing 0.1"):
         assert 0.0 <= ls[name]["ece"] <= 1.0 and 0.0 <= ls[name]["accuracy"] <= 1.0
         assert 0.5 <= ls[name]["mean_confidence"] <= 1.0
+        assert isinstance(ls[name]["at_majority_class"], bool) and ls[name]["pairs_per_second"] > 0
 
     ce = m["cross_entropy"]
     assert ce["ce_identity_error"] < 1e-5 and abs(ce["stable_at_1e4"] - 1e4) < 1
+
+    # every comparison carries a verdict: the main one (label smoothing's ECE) and the Holm families
+    comparisons = m["comparisons"]
+    assert m["main_comparison"] == "label smoothing 0.1 vs cross-entropy (calibration_score)"
+    assert len(comparisons) == 3 + 2
+    assert comparisons[m["main_comparison"]]["p_adjusted"] is None
+    for name, c in comparisons.items():
+        assert c["verdict"] in VERDICTS and c["low"] <= c["high"], name
+        if name != m["main_comparison"]:
+            assert c["p_adjusted"] >= c["p_value"] and c["family_size"] in (1, 3), name

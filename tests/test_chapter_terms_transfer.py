@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tlutils.stats import VERDICTS
+
 
 @pytest.mark.chapter
 def test_terms_transfer_chapter(run_chapter):
@@ -50,6 +52,11 @@ def test_terms_transfer_chapter(run_chapter):
     assert drop["train_mode_outputs_differ"] is True and drop["eval_mode_outputs_identical"] is True
     assert abs(drop["scaled_value"] - 1 / (1 - 0.25)) < 1e-6
     assert [r["dropout"] for r in drop["runs"]] == [0.0, 0.1, 0.3]
+    assert drop["train_pairs"] == 32 and drop["eval_pairs"] == 64 and drop["epochs"] == 3
+    for run in drop["runs"]:
+        assert abs(run["gap"] - (run["train_accuracy"] - run["validation_accuracy"])) < 1e-9
+        assert run["train_log_likelihood"] <= 0 and run["pairs_per_second"] > 0
+        assert isinstance(run["validation_at_majority_class"], bool)
 
     con = m["contrastive"]
     assert con["view_cosine_min"] < 1.0  # two dropout passes give two different views
@@ -59,3 +66,15 @@ def test_terms_transfer_chapter(run_chapter):
     active = tri["fraction_active"]
     assert active == sorted(active) and all(0.0 <= a <= 1.0 for a in active)
     assert tri["margins"][0] == 0.0 and tri["triplets"] > 0
+
+    # every comparison carries a verdict: the main one (domain shift) and the Holm families
+    comparisons = m["comparisons"]
+    assert m["main_comparison"] == "in-domain vs cross-domain probe (accuracy)"
+    assert len(comparisons) == 1 + 6 + 2
+    main = comparisons[m["main_comparison"]]
+    assert main["p_adjusted"] is None and main["n"] == 2 * 64
+    assert abs(main["value_a"] - domain["in_domain"]) < 1e-9
+    for name, c in comparisons.items():
+        assert c["verdict"] in VERDICTS and c["low"] <= c["high"], name
+        if name != m["main_comparison"]:
+            assert c["p_adjusted"] >= c["p_value"] and c["family_size"] in (2, 6), name

@@ -92,3 +92,91 @@ def test_distilled_student_beats_the_same_student_on_hard_labels():
     students = m["students"]
     assert students["from-teacher (distilled)"]["accuracy"] > students["from-teacher (hard labels)"]["accuracy"]
     assert students["from-teacher (distilled)"]["parameters"] < m["teacher"]["parameters"]
+
+
+def test_pretrained_and_transfer_findings():
+    m = record("pretrained_and_transfer")["metrics"]
+    c = m["comparisons"]
+    # the main comparison (end-to-end vs progressive, 408 paired validation pairs) is not resolved
+    main = c[m["main_comparison"]]
+    assert m["main_comparison"] == "end-to-end vs progressive (accuracy)"
+    assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
+    for name in ("end-to-end vs partial (accuracy)", "progressive vs partial (accuracy)"):
+        assert c[name]["verdict"] == "not resolved" and c[name]["family_size"] == 2, name
+    assert not any(run["at_majority_class"] for run in m["runs"].values())
+    assert all(run["mcc"] > 0.1 for run in m["runs"].values())
+    # zero-shot: the pretrained encoder's cosine ranks no better than a random network's (Holm, 7)
+    zero_shot = c["pretrained, zero-shot vs random weights (auc)"]
+    assert zero_shot["verdict"] == "not resolved" and zero_shot["low"] < 0 < zero_shot["high"]
+    # fine-tuning narrows the cosine gap of paraphrases over non-paraphrases (end-to-end, partial)
+    for run in ("end-to-end", "partial"):
+        gap = c[f"{run} vs before fine-tuning (gap)"]
+        assert gap["verdict"] == "B better" and gap["high"] < 0 and gap["family_size"] == 7, run
+    # what moves: the pooler and the head far more than any encoder layer; the pooler most
+    e2e = m["layer_change"]["end-to-end"]
+    layers = [v for g, v in e2e.items() if g.startswith("layer ")]
+    assert min(e2e["pooler"], e2e["head"]) > 2 * max(layers) and e2e["pooler"] > e2e["head"]
+    assert max(layers) < 0.05  # a small perturbation of the pretrained layers
+    assert all(m["layer_change"]["partial"][g] == 0.0 for g in m["frozen_groups_partial"])
+
+
+def test_terms_transfer_findings():
+    m = record("terms_transfer")["metrics"]
+    c = m["comparisons"]
+    # main comparison: the books/kitchen sentiment probe loses accuracy across domains (400 reviews)
+    main = c[m["main_comparison"]]
+    assert m["main_comparison"] == "in-domain vs cross-domain probe (accuracy)"
+    assert main["verdict"] == "A better" and main["low"] > 0 and main["n"] == 400
+    assert m["domain_adaptation"]["domain_accuracy"] > 0.9  # the domains are easy to tell apart
+    # self-training: no threshold resolves a difference from the labelled-only probe (Holm, 6)
+    st = [v for k, v in c.items() if k.startswith("self-trained")]
+    assert len(st) == 6 and all(x["verdict"] == "not resolved" and x["family_size"] == 6 for x in st)
+    # dropout on 64 pairs: every run memorises (training accuracy 1) and none generalises (floor);
+    # dropout 0.3 fits its training pairs less tightly (resolved), validation is not resolved
+    runs = m["dropout"]["runs"]
+    assert all(r["train_accuracy"] == 1.0 and r["validation_at_majority_class"] for r in runs)
+    fit_ = c["dropout 0.0 on its training pairs vs dropout 0.3 on its training pairs (gold_log_likelihood)"]
+    assert fit_["verdict"] == "A better" and fit_["low"] > 0 and fit_["family_size"] == 2
+    assert c["dropout 0.0 on validation vs dropout 0.3 on validation (accuracy)"]["verdict"] == "not resolved"
+    # adversarial: the gradient direction raises the loss far more than a random one of equal norm
+    adv = m["adversarial"]
+    i = adv["epsilons"].index(1.0)
+    rise_gradient = adv["loss_gradient_direction"][i] - adv["clean_loss"]
+    rise_random = adv["loss_random_direction"][i] - adv["clean_loss"]
+    assert rise_gradient > 100 * abs(rise_random)
+    # fine-tuning moves every group; feature extraction only the head
+    ft = m["fine_tuning"]["relative_change"]
+    assert all(v > 0 for v in ft["fine-tuning"].values())
+    assert all(v == 0.0 for g, v in ft["feature extraction"].items() if g != "head")
+
+
+def test_terms_text_findings():
+    m = record("terms_text")["metrics"]
+    c = m["comparisons"]
+    # main comparison: label smoothing's calibration (1 - ECE) on 408 validation pairs, not resolved;
+    # both arms learned more than the majority class, so the comparison is informative
+    main = c[m["main_comparison"]]
+    assert m["main_comparison"] == "label smoothing 0.1 vs cross-entropy (calibration_score)"
+    assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
+    assert c["label smoothing 0.1 vs cross-entropy (accuracy)"]["verdict"] == "not resolved"
+    ls = m["label_smoothing"]
+    assert not ls["cross-entropy"]["at_majority_class"] and not ls["label smoothing 0.1"]["at_majority_class"]
+    assert ls["label smoothing 0.1"]["mean_confidence"] < ls["cross-entropy"]["mean_confidence"]
+    # language models on the MRPC test sentences (k chosen on validation), Holm over 3
+    lm = {k: v for k, v in c.items() if "log_prob_per_token" in k}
+    assert len(lm) == 3 and all(x["family_size"] == 3 for x in lm.values())
+    neural_vs_bigram = next(x for k, x in lm.items() if "order" not in k)
+    assert neural_vs_bigram["verdict"] == "B better" and neural_vs_bigram["high"] < 0  # the bigram wins
+    for k, x in lm.items():
+        if "order" in k:  # both models prefer natural word order
+            assert x["verdict"] == "A better" and x["low"] > 0, k
+    # WordPiece: fewer pieces per word with every larger vocabulary, the same [UNK] rate at all sizes
+    wp = m["wordpiece"]
+    assert all(a > b for a, b in zip(wp["pieces_per_word"], wp["pieces_per_word"][1:]))
+    assert len(set(wp["unk_per_word"])) == 1 and wp["bpe_unk_per_word"] == 0.0
+    # the attention mask makes padding invisible; contextual vectors separate the two senses of "bank"
+    assert m["masking"]["padding"]["with mask"] < 1e-4 < 0.1 < m["masking"]["padding"]["without mask"]
+    assert m["embedding"]["contextual_same_sense"] > m["embedding"]["contextual_other_sense"]
+    # out-of-vocabulary rates grow across domains, and each domain's own vocabulary is its best
+    for gap in m["vocabulary"]["diagonal_gap"].values():
+        assert gap["in_domain"] < gap["cross_domain"] and gap["columns_lowest_on_diagonal"] == gap["columns"]
