@@ -131,7 +131,8 @@ def test_holm_adjusts_step_down_and_can_unresolve():
     out = holm([c(0.01), c(0.04), c(0.03)])
     assert [x.p_adjusted for x in out] == pytest.approx([0.03, 0.06, 0.06])
     assert [x.verdict for x in out] == ["A better", "not resolved", "not resolved"]
-    assert all(x.family_size == 3 for x in out) and "Holm-adjusted" in out[0].sentence()
+    assert all(x.family_size == 3 for x in out) and "Holm-adjusted p = 0.03 over 3" in out[0].sentence()
+    assert "p < 0.001" in holm([c(0.0)])[0].sentence()  # a bootstrap p of 0 is "below its resolution"
 
 
 def test_holm_controls_the_family_wise_error():

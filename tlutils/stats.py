@@ -96,7 +96,8 @@ class Comparison:
                 f"({level} {self.method} interval {signed.format(self.low)} to "
                 f"{signed.format(self.high)}, {where}")
         if self.p_adjusted is not None:
-            text += f"; Holm-adjusted p = {self.p_adjusted:.3g} over {self.family_size} comparisons"
+            shown = "< 0.001" if self.p_adjusted < 0.001 else f"= {self.p_adjusted:.3g}"  # bootstrap resolution
+            text += f"; Holm-adjusted p {shown} over {self.family_size} comparisons"
         outcome = f"{self.winner} better" if self.winner else "not resolved at this budget"
         return f"{text}) — {outcome}."
 
