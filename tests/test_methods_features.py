@@ -9,7 +9,8 @@ import torch
 
 from tlutils.errors import ConfigError, DataError
 from tlutils.methods.features import (BiGRUEncoder, CNNEncoder, MLPProbe, SiamesePairClassifier, apply_vocabulary,
-                                      cached_features, cls_pool, fit_probe, layer_features, mean_pool,
+                                      cached_features, choose_probe_C, cls_pool, fit_probe, layer_features,
+                                      mean_pool,
                                       pair_features, random_embeddings, static_embeddings, tokenize_pairs,
                                       train_classifier, training_vocabulary)
 from tlutils.models import load_model
@@ -207,6 +208,36 @@ def test_mlp_probe_and_linear_probe_are_deterministic():
         runs.append(train_classifier(probe, {"features": torch.tensor(x)}, torch.tensor(y), epochs=5,
                                      batch_size=8, weight_decay=1.0, seed=3)[1])
     assert runs[0] == runs[1]
+
+
+def test_probe_chooses_C_by_cross_validation_on_its_training_data_only():
+    """The probe's choice of C cannot see an evaluation split: its only data arguments are the
+    training features and labels, and the C it picks is the one that wins stratified k-fold
+    cross-validation on those alone."""
+    import inspect
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    for fn in (fit_probe, choose_probe_C):
+        assert list(inspect.signature(fn).parameters) == ["x", "y", "C", "folds", "max_iter"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 6))
+    y = (x[:, 0] + rng.normal(size=80) > 0).astype(int)
+    grid = (1e-3, 1e-1, 1.0, 100.0)
+    chosen, scores = choose_probe_C(x, y, C=grid)
+    assert set(scores) == set(grid)
+    xs = StandardScaler().fit_transform(x)  # features only; the folds' labels stay held out
+    for C in grid:  # the same held-out-fold log-likelihood, recomputed by hand
+        folds = [-log_loss(y[te], LogisticRegression(C=C, max_iter=2000).fit(xs[tr], y[tr]).predict_proba(xs[te]))
+                 for tr, te in StratifiedKFold(5).split(xs, y)]
+        assert scores[C] == pytest.approx(np.mean(folds), abs=1e-4)
+    assert chosen == max(grid, key=lambda c: scores[c]) and fit_probe(x, y, C=grid)[-1].C == chosen
+    # labels that are pure noise: every fold says "penalise as much as you can"
+    noise_x, noise_y = rng.normal(size=(60, 40)), np.tile([0, 1], 30)
+    assert choose_probe_C(noise_x, noise_y, C=grid)[0] == min(grid)
 
 
 def test_weight_decay_shrinks_weights():

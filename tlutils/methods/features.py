@@ -10,7 +10,8 @@ Two routes, both explained in the chapter *Feature extraction* (``feature-extrac
 - the transfer route: a frozen pretrained encoder is the extractor; its first-token (``[CLS]``,
   ``<s>``) or mean-pooled states of every layer are extracted once, cached (:func:`layer_features`,
   :func:`cached_features`), and a probe is trained on them in seconds (:func:`fit_probe`,
-  :class:`MLPProbe`).
+  whose L2 strength :func:`choose_probe_C` picks by cross-validation on the training features
+  alone, and :class:`MLPProbe`).
 
 :func:`mean_pool` and :func:`encode_texts` are also used in *Terms II* (self-training, domain
 shift, contrastive learning).
@@ -273,16 +274,67 @@ def cached_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", text
     return features, False
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, *, C: Union[float, Sequence[float]] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def choose_probe_C(x: np.ndarray, y: np.ndarray, *, C: Sequence[float] = PROBE_CS, folds: int = 5,
+                   max_iter: int = 2000) -> tuple[float, dict[float, float]]:
+    """Choose a linear probe's L2 strength by cross-validation on the *training* data alone.
+
+    The probe's inputs are its training features and labels, nothing else: there is no
+    argument through which an evaluation split could enter the choice, so the split a chapter
+    reports stays unseen until the probe is scored on it once.
+
+    Args:
+        x: training features. y: training labels.
+        C: the inverse strengths to choose from (smaller = stronger penalty).
+        folds: stratified folds, taken in order (not shuffled); at most the size of the
+            smallest class.
+        max_iter: iterations of the L-BFGS solver.
+
+    Shapes:
+        x: (N, D); y: (N,).
+
+    Returns:
+        ``(chosen_C, cv_log_likelihood)``: the C with the highest mean held-out-fold
+        log-likelihood (negative log-loss; ties go to the stronger penalty), and that mean
+        for every C. The features are standardised with the statistics of all of ``x``
+        (features only, never labels of a held-out fold) before the folds are cut.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    _check_probe_input(x, y)
+    smallest = int(np.unique(np.asarray(y), return_counts=True)[1].min())
+    if smallest < 2 or len(np.unique(y)) < 2:
+        raise DataError(f"Choosing C by cross-validation needs >= 2 examples of every class (the smallest has "
+                        f"{smallest}): use more labelled examples or pass one C.")
+    Cs = sorted(float(c) for c in C)
+    search = LogisticRegressionCV(Cs=Cs, cv=StratifiedKFold(min(folds, smallest)), scoring="neg_log_loss",
+                                  l1_ratios=(0.0,), max_iter=max_iter, refit=False,
+                                  use_legacy_attributes=True)
+    search.fit(StandardScaler().fit_transform(x), y)
+    means = np.asarray(next(iter(search.scores_.values()))).reshape(-1, len(Cs)).mean(0)  # (len(Cs),)
+    return Cs[int(np.argmax(means))], dict(zip(Cs, means.tolist()))
+
+
+def _check_probe_input(x: np.ndarray, y: np.ndarray) -> None:
+    if x.ndim != 2 or len(x) != len(y):
+        raise ConfigError(f"fit_probe needs x of shape (N, D) and N labels; got {x.shape} and {len(y)} "
+                          "labels (select one layer of a per-layer stack first: x[layer]).")
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, *, C: Union[float, Sequence[float]] = PROBE_CS,
               folds: int = 5, max_iter: int = 2000) -> "Pipeline":
     """A linear probe: standardise the features, then L2-regularised logistic regression.
 
     Args:
-        x: features. y: labels.
+        x: training features. y: training labels.
         C: the inverse strength of the L2 penalty (smaller = stronger), or several values to
-            choose from by ``folds``-fold cross-validation *on the training data* (log-loss).
-            Wide features and few examples need strong penalties: an unregularised probe on
-            a few hundred pairs memorises them.
+            choose from by ``folds``-fold cross-validation *on the training data*
+            (:func:`choose_probe_C`). Wide features and few examples need strong penalties:
+            an unregularised probe on a few hundred pairs memorises them.
         folds: cross-validation folds (at most the size of the smallest class).
         max_iter: iterations of the L-BFGS solver.
 
@@ -292,25 +344,15 @@ def fit_probe(x: np.ndarray, y: np.ndarray, *, C: Union[float, Sequence[float]] 
     Returns:
         A fitted scikit-learn pipeline (``.predict``, ``.score`` = accuracy), refitted on all of
         ``x`` with the chosen penalty, ``pipeline[-1].C``. It is deterministic: L-BFGS has no
-        randomness, and the folds are taken in order (stratified, not shuffled).
+        randomness, and the folds are taken in order (stratified, not shuffled). Score it on
+        an evaluation split only after this call: nothing of that split enters the fit.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if x.ndim != 2 or len(x) != len(y):
-        raise ConfigError(f"fit_probe needs x of shape (N, D) and N labels; got {x.shape} and {len(y)} "
-                          "labels (select one layer of a per-layer stack first: x[layer]).")
-    if np.isscalar(C):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=float(C), max_iter=max_iter)).fit(x, y)
-    smallest = int(np.unique(np.asarray(y), return_counts=True)[1].min())
-    if smallest < 2 or len(np.unique(y)) < 2:
-        raise DataError(f"Choosing C by cross-validation needs >= 2 examples of every class (the smallest has "
-                        f"{smallest}): use more labelled examples or pass one C.")
-    search = LogisticRegressionCV(Cs=list(C), cv=StratifiedKFold(min(folds, smallest)), scoring="neg_log_loss",
-                                  l1_ratios=(0.0,), max_iter=max_iter, use_legacy_attributes=True)
-    chosen = float(make_pipeline(StandardScaler(), search).fit(x, y)[-1].C_[0])
+    _check_probe_input(x, y)
+    chosen = float(C) if np.isscalar(C) else choose_probe_C(x, y, C=C, folds=folds, max_iter=max_iter)[0]
     return make_pipeline(StandardScaler(), LogisticRegression(C=chosen, max_iter=max_iter)).fit(x, y)
 
 
