@@ -6,8 +6,11 @@ import math
 
 import pytest
 
+from tlutils.stats import VERDICTS
+
 ROWS = ("from-teacher (hard labels)", "from-teacher (distilled)",
         "random small (hard labels)", "random small (distilled)")
+MAIN = "random small (distilled) vs random small (hard labels) (accuracy)"
 
 
 @pytest.mark.chapter
@@ -18,26 +21,28 @@ def test_distillation_chapter(run_chapter):
     m = record["metrics"]
 
     sizes = m["sizes"]
-    assert sizes["labelled"] > 0 and sizes["unlabelled"] > 0 and sizes["validation"] > 0
+    assert sizes["labelled"] > 0 and sizes["unlabelled"] > 0
+    assert sizes["evaluation"] == sizes["validation"] + sizes["test"] > 0  # every score: validation + test
     assert 0.0 <= m["majority_baseline"] <= 1.0
 
     teacher = m["teacher"]
     for key in ("accuracy", "f1", "accuracy_on_labelled", "accuracy_on_unlabelled"):
         assert 0.0 <= teacher[key] <= 1.0
-    assert teacher["parameters"] > 0 and teacher["samples_per_second"] > 0
+    assert -1.0 <= teacher["mcc"] <= 1.0
+    assert teacher["parameters"] > 0 and teacher["samples_per_second"] > 0 and teacher["train_pairs_per_second"] > 0
     assert teacher["layers"] == 2 and m["student_layers"] == 1  # the tiny teacher -> a 1-layer student
     assert 0.0 < m["embedding_share"] < 1.0
+    assert 0.0 <= m["from_teacher_untrained"]["accuracy"] <= 1.0
+    assert isinstance(m["from_teacher_untrained"]["at_majority_class"], bool)
 
     students = m["students"]
     assert set(students) == set(ROWS)
     for name in ROWS:
         row = students[name]
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["f1"] <= 1.0
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["f1"] <= 1.0 and -1.0 <= row["mcc"] <= 1.0
         assert 0 < row["parameters"] < teacher["parameters"], name
-        assert row["samples_per_second"] > 0
+        assert row["samples_per_second"] > 0 and row["train_pairs_per_second"] > 0 and row["train_seconds"] > 0
         assert math.isclose(row["kept_fraction"], row["accuracy"] / teacher["accuracy"], rel_tol=1e-9)
-        assert len(row["accuracy_per_seed"]) == len(m["seeds"])
-        assert math.isclose(row["accuracy"], sum(row["accuracy_per_seed"]) / len(m["seeds"]), rel_tol=1e-9)
         above = teacher["accuracy"] - m["majority_baseline"]
         if above > 0:
             expected = (row["accuracy"] - m["majority_baseline"]) / above
@@ -47,21 +52,43 @@ def test_distillation_chapter(run_chapter):
     # the two students of a kind have the same architecture
     assert students[ROWS[0]]["parameters"] == students[ROWS[1]]["parameters"]
     assert students[ROWS[2]]["parameters"] == students[ROWS[3]]["parameters"]
+    assert set(m["at_majority_class"]) == {"teacher", *ROWS}
+    assert all(isinstance(v, bool) for v in m["at_majority_class"].values())
+    assert set(m["plans"]) == {"from-teacher", "random small"}
 
-    gains = m["distillation_gain"]
-    assert set(gains) == {"from-teacher", "random small"}
-    for kind, gain in gains.items():
-        expected = students[f"{kind} (distilled)"]["accuracy"] - students[f"{kind} (hard labels)"]["accuracy"]
-        assert math.isclose(gain, expected, abs_tol=1e-12)
-    assert m["difference_standard_error"] > 0
+    # one main comparison (uncorrected), four further ones (Holm over four), all on the same pairs
+    comparisons = m["comparisons"]
+    assert m["main_comparison"] == MAIN and len(comparisons) == 5
+    for name, c in comparisons.items():
+        assert c["verdict"] in VERDICTS and c["low"] <= c["difference"] <= c["high"], name
+        assert c["n"] == sizes["evaluation"] and c["method"] == "paired bootstrap", name
+        assert c["sentence"].startswith(f"{c['a']} vs {c['b']}"), name
+        assert math.isclose(c["difference"], c["value_a"] - c["value_b"], abs_tol=1e-12), name
+        if c["metric"] in ("accuracy", "mcc"):
+            scores = {**students, "teacher": teacher}
+            assert math.isclose(c["value_a"], scores[c["a"]][c["metric"]], abs_tol=1e-9), name
+            assert math.isclose(c["value_b"], scores[c["b"]][c["metric"]], abs_tol=1e-9), name
+        if name == MAIN:
+            assert c["p_adjusted"] is None and c["family_size"] == 1
+        else:
+            assert c["p_adjusted"] is not None and c["p_adjusted"] >= c["p_value"] and c["family_size"] == 4
 
-    t_sweep, a_sweep = m["temperature_sweep"], m["alpha_sweep"]
-    assert t_sweep["temperatures"] == [1.0, 2.0, 4.0, 8.0] and len(t_sweep["accuracy"]) == 4
-    assert a_sweep["alphas"] == [0.0, 0.5, 1.0] and len(a_sweep["accuracy"]) == 3
-    assert t_sweep["alpha"] == m["main"]["alpha"] and a_sweep["temperature"] == m["main"]["temperature"]
-    assert all(0.0 <= a <= 1.0 for a in t_sweep["accuracy"] + a_sweep["accuracy"])
-    # the shared point (T = 2, alpha = 0.5) is one run, reported in both sweeps
-    assert t_sweep["accuracy"][1] == a_sweep["accuracy"][1]
+    # the smoke profile reruns the main comparison with a second seed (the record profile with three)
+    seeds = m["main_over_seeds"]
+    assert seeds["seeds"] == [0, 1] and seeds["n"] == 2 and seeds["method"] == "paired seed t"
+    assert seeds["verdict"] in VERDICTS and seeds["low"] <= seeds["difference"] <= seeds["high"]
+    assert seeds["accuracy"]["distilled"][0] == students["random small (distilled)"]["accuracy"]
+    assert seeds["accuracy"]["hard labels"][0] == students["random small (hard labels)"]["accuracy"]
+
+    sweep = m["sweep"]
+    assert sweep["ran"] is True  # the smoke profile runs the sweep (small skips it for time)
+    assert sweep["main_point"] == [m["main"]["temperature"], m["main"]["alpha"]]
+    assert len(sweep["points"]) == 6 and len(sweep["accuracy"]) == 6
+    assert all(0.0 <= a <= 1.0 for a in sweep["accuracy"])
+    shared = sweep["points"].index(sweep["main_point"])  # the main run is the sweep's shared point
+    assert math.isclose(sweep["accuracy"][shared], students["random small (distilled)"]["accuracy"], abs_tol=1e-9)
+    assert len(sweep["comparisons"]) == 5
+    assert all(c["verdict"] in VERDICTS and c["family_size"] == 5 for c in sweep["comparisons"].values())
 
     check = m["kd_loss_check"]
     assert check["library_error"] < 1e-5
@@ -73,3 +100,7 @@ def test_distillation_chapter(run_chapter):
     assert math.isclose(comparison["parameters saved"],
                         1 - students["from-teacher (distilled)"]["parameters"] / teacher["parameters"])
     assert 0.0 < comparison["parameters saved"] < 1.0
+
+    stages = m["stage_seconds"]
+    assert "teacher: fine-tuning" in stages and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= record["wall_time_s"] + 1e-6
