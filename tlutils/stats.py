@@ -97,7 +97,8 @@ class Comparison:
                 f"{signed.format(self.high)}, {where}")
         if self.p_adjusted is not None:
             shown = "< 0.001" if self.p_adjusted < 0.001 else f"= {self.p_adjusted:.3g}"  # bootstrap resolution
-            text += f"; Holm-adjusted p {shown} over {self.family_size} comparisons"
+            family = "1 comparison" if self.family_size == 1 else f"{self.family_size} comparisons"
+            text += f"; Holm-adjusted p {shown} over {family}"
         outcome = f"{self.winner} better" if self.winner else "not resolved at this budget"
         return f"{text}) — {outcome}."
 
