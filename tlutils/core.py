@@ -78,13 +78,14 @@ class LayerMap:
     head_modules: tuple[str, ...] = ("classifier",)
 
 
-_ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+# ``...encoder.layer.<i>...``: BERT, RoBERTa, ELECTRA (and MiniLM); group 1 is the layer index
+ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 _ALBERT_SHARED = re.compile(r"(?:^|\.)albert_layer_groups\.\d+\.")
 
 LAYER_MAPS: dict[str, LayerMap] = {m.model_type: m for m in (
-    LayerMap("bert", _ENCODER_LAYER),
-    LayerMap("roberta", _ENCODER_LAYER),
-    LayerMap("electra", _ENCODER_LAYER, embeddings=(EMBEDDINGS, "embeddings_project")),
+    LayerMap("bert", ENCODER_LAYER),
+    LayerMap("roberta", ENCODER_LAYER),
+    LayerMap("electra", ENCODER_LAYER, embeddings=(EMBEDDINGS, "embeddings_project")),
     LayerMap("distilbert", re.compile(r"(?:^|\.)transformer\.layer\.(\d+)\."),
              lora_targets=("q_lin", "v_lin"), head_modules=("pre_classifier", "classifier")),
     LayerMap("albert", None,  # no per-layer weights: the one block is `shared`

@@ -14,13 +14,13 @@ are taught by the teacher alone: the hard-label term skips them.
 from __future__ import annotations
 
 import copy
-import re
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlutils.core import ENCODER_LAYER
 from tlutils.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -204,9 +204,6 @@ def without_labels(dataset: "Dataset") -> "Dataset":
 
 # --------------------------------------------------------------------------- students
 
-_LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
-
-
 def every_other_layer(num_layers: int) -> list[int]:
     """DistilBERT's choice of teacher layers: 0, 2, 4, ... (half the depth, rounded up)."""
     if num_layers < 1:
@@ -238,7 +235,7 @@ def student_from_teacher(teacher: "PreTrainedModel",
     config = getattr(teacher, "config", None)
     depth = getattr(config, "num_hidden_layers", None)
     state = teacher.state_dict()
-    found = sorted({int(m.group(2)) for key in state for m in [_LAYER_KEY.search(key)] if m})
+    found = sorted({int(m.group(1)) for key in state for m in [ENCODER_LAYER.search(key)] if m})
     if depth is None or not found or found != list(range(depth)):
         raise ConfigError(f"{type(teacher).__name__} is not a BERT-family encoder with layers named "
                           f"'encoder.layer.<i>' and config.num_hidden_layers: use BERT, RoBERTa, "
@@ -252,13 +249,13 @@ def student_from_teacher(teacher: "PreTrainedModel",
     new_index = {old: new for new, old in enumerate(layers)}
     copied = {}
     for key, value in state.items():
-        match = _LAYER_KEY.search(key)
+        match = ENCODER_LAYER.search(key)
         if match is None:
             copied[key] = value.detach().clone()  # embeddings, pooler, classifier
             continue
-        old = int(match.group(2))
+        old = int(match.group(1))
         if old in new_index:
-            start, end = match.span(2)
+            start, end = match.span(1)
             copied[key[:start] + str(new_index[old]) + key[end:]] = value.detach().clone()
     student = type(teacher)(student_config)
     student.load_state_dict(copied, strict=True)
