@@ -32,13 +32,14 @@ book:
 records-%:
 	@test -d book/$* || { echo "no part book/$*: use one of $$(cd book && ls -d */ | tr -d / | tr '\n' ' ')"; exit 1; }
 	@mkdir -p outputs/record
-	@for md in $$(grep -l "save_results(" book/$*/*.md); do \
-	  name=$$(basename $${md%.md}); echo "record run: $$name"; \
+	@failed=""; for md in $$(grep -l "save_results(" book/$*/*.md); do \
+	  name=$$(basename $${md%.md}); echo "record run: $$name ($$(date +%T))"; \
 	  TLUTILS_PROFILE=record TLUTILS_OUTPUT_DIR=$(CURDIR)/outputs/record TLUTILS_RECORD_COMMAND="make records-$*" \
 	    $(PYTHON) -m papermill $${md%.md}.ipynb outputs/record/$$name.ipynb -p PROFILE record \
-	    --cwd book/$* --no-progress-bar || exit 1; \
-	done
-	@$(PYTHON) -m tlutils.results --keep --root outputs/record
+	    --cwd book/$* --no-progress-bar || failed="$$failed $$name"; \
+	done; \
+	$(PYTHON) -m tlutils.results --keep --root outputs/record; \
+	test -z "$$failed" || { echo "record runs that failed:$$failed (see outputs/record/<chapter>.ipynb)"; exit 1; }
 
 book-smoke:
 	TLUTILS_PROFILE=smoke $(MAKE) book
