@@ -141,10 +141,22 @@ def test_auto_precision_on_a_cpu_uses_bf16_only_where_native(monkeypatch, native
     assert resolve_mixed_precision("auto", cpu=True) == expected
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
-def test_auto_precision_on_a_gpu(monkeypatch, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                                    ((9, 0), "bf16"), ((7, 0), "fp16")])
+def test_auto_precision_on_a_gpu_follows_compute_capability(monkeypatch, capability, expected):
+    # A T4 (sm_75) reports is_bf16_supported() == True through emulation: the capability decides.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     assert resolve_mixed_precision("auto", cpu=False) == expected
+
+
+@pytest.mark.parametrize("rank, expected", [(None, True), ("0", True), ("1", False)])
+def test_is_main_process_reads_the_launchers_rank(monkeypatch, rank, expected):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert config.is_main_process() is expected
 
 
 def test_cpu_is_inferred_from_cuda(monkeypatch):

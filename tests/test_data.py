@@ -584,3 +584,71 @@ def test_make_loader_refuses_untokenized_data(mrpc_sample):
 def test_loader_columns_are_materialised_once(mrpc_tokenized):
     loader = make_loader(mrpc_tokenized[0]["train"], 8, shuffle=True)
     assert all(isinstance(values, list) for values in loader.dataset.columns.values())
+
+
+@pytest.mark.parametrize("n, batch_size", [(1200, 32), (48, 8), (37, 5), (7, 3)])
+def test_a_short_batch_comes_last_and_every_example_once(n, batch_size):
+    lengths = [(i * 37) % 61 + 1 for i in range(n)]
+    for epoch in range(3):
+        batches = length_grouped_batches(lengths, batch_size, seed=1, epoch=epoch)
+        assert all(len(b) == batch_size for b in batches[:-1])
+        assert sorted(i for b in batches for i in b) == list(range(n))
+
+
+@pytest.mark.parametrize("n, replicas", [(1200, 2), (1201, 2), (50, 3), (9, 4)])
+def test_rank_shards_are_disjoint_equal_and_cover_the_epoch(n, replicas):
+    """Data-parallel sharding: every rank the same number of batches (a rank with fewer would
+    hang the others at the next all-reduce), disjoint examples, the whole split each epoch (a
+    split that does not divide evenly repeats at most replicas - 1 examples), new orders per epoch."""
+    lengths = [(i * 13) % 40 + 1 for i in range(n)]
+    orders = []
+    for epoch in range(2):
+        samplers = [LengthGroupedBatchSampler(lengths, 32, seed=0, num_replicas=replicas, rank=r)
+                    for r in range(replicas)]
+        for s in samplers:
+            s.set_epoch(epoch)
+        shards = [[i for b in s for i in b] for s in samplers]
+        assert len({len(list(s)) for s in samplers}) == 1
+        assert all(len(list(s)) == len(s) for s in samplers)
+        seen = [i for shard in shards for i in shard]
+        assert set(seen) == set(range(n)) and len(seen) - n < replicas
+        if n % replicas == 0:
+            assert len(seen) == n  # disjoint
+        orders.append(shards[0])
+    assert orders[0] != orders[1]
+
+
+def test_evaluation_shards_split_without_overlap():
+    samplers = [LengthGroupedBatchSampler(list(range(10)), 3, shuffle=False, num_replicas=2, rank=r) for r in (0, 1)]
+    a, b = ([i for batch in s for i in batch] for s in samplers)
+    assert sorted(a + b) == list(range(10)) and not set(a) & set(b)
+    assert len(samplers[0]) == len(list(samplers[0]))
+
+
+def test_unlabelled_rows_load_without_labels_and_split_names_are_checked(tmp_path):
+    folder = tmp_path / "mrpc"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"id": "1", "text_a": "a b", "text_b": "c d"}\n')
+    data = load_task("mrpc", ("train",), data_dir=tmp_path, unlabelled=("train",))
+    assert data["train"].column_names == ["id", "text_a", "text_b", "domain"]
+    with pytest.raises(DataError, match="field 'label' is missing"):
+        load_task("mrpc", ("train",), data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="list it in splits too"):
+        load_task("mrpc", ("train",), data_dir=tmp_path, unlabelled=("validation",))
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    folder = tmp_path / "mrpc"
+    folder.mkdir()
+    good = b'{"id": "1", "text_a": "a", "text_b": "b", "label": 0}\n'
+    (folder / "train.jsonl").write_bytes(good + b'{"id": "2", "text_a": "caf\xe9", "text_b": "b", "label": 0}\n')
+    with pytest.raises(DataError, match=r"train.jsonl, line 2: not UTF-8 .*re-save the file as UTF-8"):
+        load_task("mrpc", ("train",), data_dir=tmp_path)
+
+
+def test_an_empty_split_without_domains_points_at_the_file(tmp_path):
+    folder = tmp_path / "mrpc"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"is empty; check mrpc/train.jsonl"):
+        load_task("mrpc", ("train",), data_dir=tmp_path)

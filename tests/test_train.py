@@ -37,7 +37,7 @@ def stsb():
 
 
 def _config(**changes):
-    return TrainConfig.from_profile(SMOKE, batch_size=8, progress=False, **changes)
+    return TrainConfig.from_profile(SMOKE, **{"batch_size": 8, "progress": False, **changes})
 
 
 def _run(mrpc, seed=0, **changes):
@@ -143,7 +143,7 @@ def test_resume_from_other_model_or_task_refused(mrpc, tmp_path):
     _run(mrpc, epochs=1, checkpoint_dir=str(tmp_path))
     assert latest_checkpoint(tmp_path) is not None
     model = load_model("tiny-bert", 3, seed=0)  # another head: another task's checkpoint
-    with pytest.raises(CheckpointMismatchError, match="another checkpoint_dir or resume=False"):
+    with pytest.raises(CheckpointMismatchError, match="num_labels: 2 there, 3 here.*another checkpoint_dir"):
         fit(model, mrpc["train"], mrpc["validation"], task="mrpc",
             config=_config(epochs=1, checkpoint_dir=str(tmp_path), resume=True))
 
@@ -152,8 +152,110 @@ def test_bad_settings_raise(mrpc):
     model = load_model("tiny-bert", 2, seed=0)
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         fit(model, mrpc["train"], task="mrpc", config=_config(resume=True))
-    with pytest.raises(ConfigError, match="at least one epoch"):
-        fit(model, mrpc["train"], task="mrpc", config=_config(epochs=0))
+    for setting in ({"epochs": 0}, {"grad_accum_steps": 0}, {"batch_size": 0},
+                    {"early_stopping_patience": 0}, {"max_steps": 0}):
+        with pytest.raises(ConfigError, match=f"{next(iter(setting))}=0: use"):
+            fit(model, mrpc["train"], task="mrpc", config=_config(**setting))
+
+
+def test_a_model_with_too_few_outputs_is_refused_before_training():
+    snli = load_task("snli", max_train_examples=16, max_eval_examples=16)  # 3 classes
+    encoded, _ = tokenize_task(snli, load_tokenizer("tiny-bert"), "snli", SMOKE.max_length)
+    model = load_model("tiny-bert", 2, seed=0)
+    with pytest.raises(ConfigError, match="2 outputs but task 'snli' has 3 classes: load it with num_labels=3"):
+        fit(model, encoded["train"], encoded["validation"], task="snli", config=_config(epochs=1))
+
+
+def test_resume_with_other_settings_is_refused(mrpc, tmp_path):
+    _run(mrpc, epochs=1, checkpoint_dir=str(tmp_path))
+    model = load_model("tiny-bert", 2, seed=0)
+    with pytest.raises(CheckpointMismatchError, match="batch_size: 8 there, 16 here"):
+        fit(model, mrpc["train"], mrpc["validation"], task="mrpc",
+            config=_config(epochs=1, batch_size=16, checkpoint_dir=str(tmp_path), resume=True))
+
+
+def test_non_finite_loss_leaves_the_last_finite_weights_and_a_plain_model(mrpc):
+    snapshots = []
+
+    def nan_at_third(model, batch, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 3:
+            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        loss = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"]).loss
+        return (loss * float("nan") if calls[0] == 3 else loss), {}
+
+    set_seed(0)
+    model = load_model("tiny-bert", 2, seed=0)
+    with pytest.raises(NonFiniteLossError, match="optimizer step 3 .*the update was not applied"):
+        fit(model, mrpc["train"], task="mrpc", config=_config(epochs=1, mixed_precision="bf16"), loss_fn=nan_at_third)
+    for name, value in model.state_dict().items():  # the weights before the bad step, untouched
+        assert torch.equal(value, snapshots[0][name]), name
+    assert not model.training
+    # accelerate's autocast wrapper is removed after the error too
+    assert "_original_forward" not in vars(model) and not hasattr(model.forward, "__wrapped__")
+
+
+def test_learning_rate_ends_at_zero_and_accumulation_counts_a_short_window(mrpc):
+    _, history = _run(mrpc, epochs=2, grad_accum_steps=4)  # 6 batches an epoch: windows of 4 and 2
+    assert len(history.steps) == 2 * 2
+    assert history.steps[-1]["lr"] == 0.0
+    peak = _config().learning_rate  # 4 steps, no warmup step: 3/4, 2/4, 1/4, 0 of the peak after each
+    assert [s["lr"] for s in history.steps] == pytest.approx([peak * f for f in (0.75, 0.5, 0.25, 0.0)])
+
+
+def test_fit_takes_any_dataset_sampler_collator_and_evaluation(mrpc):
+    """The extension points the later parts build on: a list of dicts, a batch sampler, a
+    collator, an eval_fn selecting on a loss (lower is better), no task."""
+    rows = [{k: mrpc["train"][i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(24)]
+    seen_epochs, batches_seen, records = [], [], []
+
+    class EveryOther(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch):
+            seen_epochs.append(epoch)
+
+        def __iter__(self):
+            return iter([[i, i + 1] for i in range(0, 24, 2)])
+
+        def __len__(self):
+            return 12
+
+    def collate(examples):
+        batches_seen.append([e["idx"] for e in examples])
+        longest = max(len(e["input_ids"]) for e in examples)
+        pad = lambda key: torch.tensor([e[key] + [0] * (longest - len(e[key])) for e in examples])
+        return {"input_ids": pad("input_ids"), "attention_mask": pad("attention_mask"),
+                "labels": torch.tensor([e["labels"] for e in examples])}
+
+    def held_out_loss(model, data):
+        batch = collate([dict(r, idx=i) for i, r in enumerate(data)])
+        with torch.no_grad():
+            return {"loss": float(model(**batch).loss), "constant": 1.0}
+
+    set_seed(0)
+    model = load_model("tiny-bert", 2, seed=0)
+    history = fit(model, rows, rows[:8], config=_config(epochs=2), batch_sampler=EveryOther(),
+                  collate_fn=collate, eval_fn=held_out_loss, select_metric="loss", greater_is_better=False,
+                  epoch_callbacks=[records.append])
+    assert seen_epochs == [0, 1]
+    assert batches_seen[:12] == [[i, i + 1] for i in range(0, 24, 2)]
+    assert [r["epoch"] for r in records] == [1, 2] and all("eval_loss" in r for r in records)
+    losses = [e["eval_loss"] for e in history.epochs]
+    assert history.best_score == min(losses) and history.main_metric == "loss"
+
+
+def test_predict_on_an_unlabelled_split_returns_no_labels():
+    data = load_task("mrpc", ("train", "validation"), max_train_examples=8, max_eval_examples=8,
+                     unlabelled=("train",))
+    assert "label" not in data["train"].column_names and "label" in data["validation"].column_names
+    encoded, _ = tokenize_task(data, load_tokenizer("tiny-bert"), "mrpc", SMOKE.max_length)
+    model = load_model("tiny-bert", 2, seed=0)
+    logits, labels = predict(model, encoded["train"], mixed_precision="no")
+    assert logits.shape == (8, 2) and labels is None
+    with pytest.raises(ConfigError, match="labelled split"):
+        evaluate(model, encoded["train"], "mrpc", mixed_precision="no")
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):

@@ -167,7 +167,22 @@ def resolve_mixed_precision(mode: str = "auto", cpu: Optional[bool] = None) -> s
         return mode
     if on_cpu:
         return "bf16" if cpu_supports_bf16() else "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if gpu_supports_bf16() else "fp16"
+
+
+def gpu_supports_bf16(device: Optional[int] = None) -> bool:
+    """True on GPUs with bf16 tensor cores: compute capability 8.0 or newer (Ampere, Hopper).
+
+    ``torch.cuda.is_bf16_supported()`` is also true on a T4 (sm_75), where bf16 is emulated
+    without tensor cores and slower than fp16, so the capability decides.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def is_main_process() -> bool:
+    """True in the process that writes files: rank 0 under ``accelerate launch`` / ``torchrun``
+    (they set ``RANK``), and always in a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def project_root(start: Optional[Path] = None) -> Optional[Path]:

@@ -142,8 +142,11 @@ def get_task(name: str) -> TaskSpec:
 # --------------------------------------------------------------------------- loading
 
 
-def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str) -> dict[str, Any]:
+def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str, labelled: bool = True) -> dict[str, Any]:
     """Check one row against the schema and return it in canonical form.
+
+    ``labelled=False`` reads unlabelled text (a target domain's): no ``label`` is needed, and
+    the row comes back without ``label`` and ``label_name`` even when the file has them.
 
     Raises:
         DataError: a missing field, an empty text, or a label outside the task's label set.
@@ -151,15 +154,19 @@ def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str) -> dict[str
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: expected a JSON object with id, {', '.join(task.text_fields)} "
                         f"and label, got {type(row).__name__}.")
-    for key in ("id", *task.text_fields, "label"):
+    for key in ("id", *task.text_fields, *(("label",) if labelled else ())):
         if key not in row or row[key] is None:
             raise DataError(f"{where}: field {key!r} is missing; every row needs id, "
-                            f"{', '.join(task.text_fields)} and label (see the data README).")
+                            f"{', '.join(task.text_fields)}" + (" and label" if labelled else "")
+                            + " (see the data README).")
     for key in task.text_fields:
         if not isinstance(row[key], str):
             raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}.")
         if not row[key].strip():
             raise DataError(f"{where}: field {key!r} is empty; remove the row or fill in its text.")
+    if not labelled:
+        return {"id": str(row["id"]), "text_a": row["text_a"], "text_b": row.get("text_b", ""),
+                "domain": row.get("domain") or ""}
     label = row["label"]
     if task.is_regression:
         low, high = task.label_range
@@ -178,19 +185,24 @@ def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str) -> dict[str
     return out
 
 
-def read_jsonl(path: Path, task: TaskSpec) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, task: TaskSpec, labelled: bool = True) -> list[dict[str, Any]]:
     """Read and validate one split file (see :func:`validate_row`)."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw_line in enumerate(handle, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not UTF-8 (byte {err.start}: {raw_line[err.start:err.start + 1]!r}); "
+                                f"re-save the file as UTF-8.") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {number}"
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object.") from None
-            rows.append(validate_row(raw, task, where))
+            rows.append(validate_row(raw, task, where, labelled))
     return rows
 
 
@@ -219,14 +231,16 @@ def _load_hub_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
-    """All rows of one split: from the local folder if configured, else from the hub."""
+def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = None,
+               labelled: bool = True) -> list[dict[str, Any]]:
+    """All rows of one split: from the local folder if configured, else from the hub
+    (``labelled=False``: the text only, see :func:`validate_row`)."""
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
     path = local_split_path(task, split, data_dir)
     if path is not None:
         if path.is_file():
-            return read_jsonl(path, task)
+            return read_jsonl(path, task, labelled)
         if not path.parent.is_dir():
             raise DataNotFoundError(
                 f"Task {task.name!r}: folder {path.parent} does not exist; point {DATA_ENV} at the "
@@ -240,12 +254,15 @@ def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = Non
         raise DataNotFoundError(f"Task {task.name!r} has no labelled {split!r} split on the hub "
                                 f"(available: {', '.join(task.hub.splits)}).")
     try:
-        return _load_hub_split(task, split)
+        rows = _load_hub_split(task, split)
     except Exception as err:  # offline, DNS failure, hub outage: all mean the same fix
         raise DataNotFoundError(
             f"Task {task.name!r}: {DATA_ENV} is not set and the hub is unreachable "
             f"({type(err).__name__}); set {DATA_ENV} to a folder holding "
             f"{task.folder}/{split}.jsonl, or go online.") from err
+    if not labelled:
+        rows = [{k: v for k, v in r.items() if k not in ("label", "label_name")} for r in rows]
+    return rows
 
 
 def load_task(
@@ -258,6 +275,7 @@ def load_task(
     domains: Optional[Sequence[str]] = None,
     data_dir: Optional[os.PathLike] = None,
     seed: int = 0,
+    unlabelled: Sequence[str] = (),
 ) -> "DatasetDict":
     """Load a task as a ``datasets.DatasetDict``, filtered by domain and subsampled.
 
@@ -270,6 +288,8 @@ def load_task(
         domains: keep only rows of these domains (tasks with domains only).
         data_dir: a local data folder; defaults to ``$TLUTILS_DATA_DIR``, then the hub.
         seed: the seed of the subsampling.
+        unlabelled: splits loaded as text only, without ``label`` and ``label_name`` (a target
+            domain whose labels must not be seen by adaptation; its rows need no labels).
 
     Raises:
         DataNotFoundError, DataError, ConfigError: with the fix in the message.
@@ -285,15 +305,20 @@ def load_task(
         if unknown:
             raise ConfigError(f"Task {name!r} has no domain {', '.join(unknown)}: "
                               f"choose from {', '.join(task.domains) or '(none: it has no domains)'}.")
+    unknown_splits = sorted(set(unlabelled) - set(splits))
+    if unknown_splits:
+        raise ConfigError(f"unlabelled={list(unlabelled)} names {', '.join(unknown_splits)}, which is not "
+                          f"loaded: list it in splits too.")
     out = {}
     for split in splits:
-        rows = load_split(task, split, data_dir)
+        rows = load_split(task, split, data_dir, labelled=split not in unlabelled)
         if domains is not None:
             rows = [r for r in rows if r["domain"] in domains]
         if not rows:
             raise DataError(f"Task {name!r}, split {split!r} is empty"
                             + (f" after keeping domains {list(domains)}" if domains else "")
-                            + "; choose other domains or check the data folder.")
+                            + ("; choose other domains or check the data folder." if domains
+                               else f"; check {task.folder}/{split}.jsonl in the data folder."))
         limit = max_train_examples if split == "train" else max_eval_examples
         dataset = Dataset.from_list(rows)
         if limit is not None and limit < len(dataset):
@@ -360,7 +385,8 @@ def tokenize_task(
         full = tokenizer(*texts, truncation=False, verbose=False)["input_ids"]
         enc = tokenizer(*texts, truncation="longest_first", max_length=max_length)
         enc = {k: v for k, v in enc.items() if k in MODEL_INPUTS}
-        enc["labels"] = batch["label"]
+        if "label" in batch:  # unlabelled text (a target domain's) has none
+            enc["labels"] = batch["label"]
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         enc["full_length"] = [len(ids) for ids in full]
         return enc
@@ -384,72 +410,93 @@ def tokenize_task(
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                           shuffle: bool = True, group_size: int = 50) -> list[list[int]]:
+                           shuffle: bool = True, group_size: int = 50, num_replicas: int = 1,
+                           rank: int = 0) -> list[list[int]]:
     """Batches of indices whose members have similar lengths, so padding wastes little.
 
     Shuffled: a seeded permutation is cut into groups of ``group_size`` batches, each group is
-    sorted by length and cut into batches, and the batch order is shuffled again. Not shuffled
-    (evaluation): all indices sorted by length, longest first. The same ``(seed, epoch)``
-    always gives the same batches, which is what makes an exact resume possible.
+    sorted by length and cut into batches, and the batch order is shuffled again; a short batch
+    goes last. Not shuffled (evaluation): all indices sorted by length, longest first. The same
+    ``(seed, epoch)`` always gives the same batches, which is what makes an exact resume possible.
+
+    With ``num_replicas`` > 1 (data-parallel training) every rank computes the same seeded
+    permutation and keeps every ``num_replicas``-th index from position ``rank``: the shards are
+    disjoint, of equal size (the permutation is padded with its own first indices when the
+    split does not divide evenly, as ``torch.utils.data.DistributedSampler`` does), so every
+    rank has the same number of batches and none is dropped.
     """
     n = len(lengths)
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: use a positive integer.")
+    if not 0 <= rank < num_replicas:
+        raise ConfigError(f"rank={rank} with num_replicas={num_replicas}: use 0 <= rank < num_replicas.")
     if not shuffle:
-        order = sorted(range(n), key=lambda i: -lengths[i])
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        order = sorted(range(n), key=lambda i: -lengths[i])[rank::num_replicas]
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     gen = torch.Generator().manual_seed(seed * 10_007 + epoch)
     perm = torch.randperm(n, generator=gen).tolist()
+    if num_replicas > 1:
+        total = math.ceil(n / num_replicas) * num_replicas
+        perm = (perm + perm[:total - n])[rank::num_replicas]
     chunk = batch_size * group_size
     batches = []
-    for start in range(0, n, chunk):
+    for start in range(0, len(perm), chunk):
         group = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])
         batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     order = torch.randperm(len(batches), generator=gen).tolist()
-    return [batches[i] for i in order]
+    batches = [batches[i] for i in order]
+    return sorted(batches, key=lambda b: len(b) < batch_size)  # stable: the short batch last
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """A batch sampler over :func:`length_grouped_batches`; call :meth:`set_epoch` each epoch."""
+    """A batch sampler over :func:`length_grouped_batches`, one shard per rank.
+
+    ``fit`` calls :meth:`set_epoch` before each epoch (a new order every epoch); with
+    ``num_replicas`` > 1 each rank iterates over its own disjoint shard, all with the same
+    number of batches.
+    """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
-                 seed: int = 0, group_by_length: bool = True) -> None:
+                 seed: int = 0, group_by_length: bool = True, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.group_by_length = group_by_length
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        if self.group_by_length:
-            return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch,
-                                          self.shuffle)
-        n = len(self.lengths)
-        order = list(range(n))
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
-            order = torch.randperm(n, generator=gen).tolist()
-        return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        lengths = self.lengths if self.group_by_length else [0] * len(self.lengths)
+        if not self.group_by_length and not self.shuffle:
+            order = list(range(len(lengths)))[self.rank::self.num_replicas]
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return length_grouped_batches(lengths, self.batch_size, self.seed, self.epoch, self.shuffle,
+                                      num_replicas=self.num_replicas, rank=self.rank)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        if self.shuffle:
+            return math.ceil(math.ceil(len(self.lengths) / self.num_replicas) / self.batch_size)
+        return math.ceil(len(range(self.rank, len(self.lengths), self.num_replicas)) / self.batch_size)
 
 
 @dataclass
 class PadCollator:
     """Pad a list of tokenized examples to the longest one (dynamic padding).
 
-    Keeps ``input_ids``/``attention_mask``/``token_type_ids``/``labels`` and adds ``idx`` (the
-    example's position in its split) so predictions can be put back in dataset order. Columns
-    of :data:`FLOAT_COLUMNS` present in the examples (``teacher_logits``) are stacked into
-    float tensors ``(B, C)``; they are not model inputs, so loss functions pop them first.
+    Keeps ``input_ids``/``attention_mask``/``token_type_ids``/``labels`` and ``idx`` (the
+    example's position in its split, so predictions can be put back in dataset order). A split
+    without labels (unlabelled target text) gives batches without ``labels``. Columns of
+    :data:`FLOAT_COLUMNS` present in the examples (``teacher_logits``) are stacked into float
+    tensors ``(B, C)``; they are not model inputs, so loss functions pop them first.
     """
 
     pad_token_id: int = 0
@@ -466,36 +513,77 @@ class PadCollator:
             fill = self.pad_token_id if key == "input_ids" else 0
             batch[key] = torch.tensor([list(e[key]) + [fill] * (longest - len(e[key]))
                                        for e in examples], dtype=torch.long)
-        labels = [e["labels"] for e in examples]
-        dtype = torch.float if isinstance(labels[0], float) else torch.long
-        batch["labels"] = torch.tensor(labels, dtype=dtype)
+        if "attention_mask" not in batch:
+            lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+            batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+        if "labels" in examples[0]:
+            labels = [e["labels"] for e in examples]
+            dtype = torch.float if isinstance(labels[0], float) else torch.long
+            batch["labels"] = torch.tensor(labels, dtype=dtype)
         for key in FLOAT_COLUMNS:
             if key in examples[0]:
                 batch[key] = torch.tensor([list(e[key]) for e in examples], dtype=torch.float)  # (B, C)
-        batch["idx"] = torch.tensor([e["idx"] for e in examples], dtype=torch.long)
+        if "idx" in examples[0]:
+            batch["idx"] = torch.tensor([e["idx"] for e in examples], dtype=torch.long)
         return batch
+
+
+def _column_names(dataset: Any) -> Optional[list[str]]:
+    """The columns of a ``datasets.Dataset`` (None for any other map-style dataset)."""
+    names = getattr(dataset, "column_names", None)
+    return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def example_lengths(dataset: Any) -> list[int]:
+    """Token counts of a tokenized split: its ``length`` column, else ``len(input_ids)`` of
+    every example (any map-style dataset of dicts: a ``datasets.Dataset``, a list, a
+    ``torch.utils.data.Dataset``)."""
+    columns = _column_names(dataset)
+    if columns is not None:
+        if "input_ids" not in columns:
+            raise DataError("The split is not tokenized: call tlutils.data.tokenize_task first.")
+        return list(dataset["length"]) if "length" in columns else [len(x) for x in dataset["input_ids"]]
+    lengths = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, Mapping) or "input_ids" not in item:
+            raise DataError(f"Example {i} is not a dict with input_ids: pass tokenized examples "
+                            f"(tlutils.data.tokenize_task, or dicts from the tokenizer).")
+        lengths.append(int(item["length"]) if "length" in item else len(item["input_ids"]))
+    return lengths
 
 
 class _Indexed(torch.utils.data.Dataset):
     """A view of a tokenized split that yields only the model's columns, the labels, the
-    :data:`FLOAT_COLUMNS` it has, plus ``idx``."""
+    :data:`FLOAT_COLUMNS` it has, plus ``idx``. Takes a ``datasets.Dataset`` (its columns are
+    materialised once, for a fast ``__getitem__``) or any map-style dataset of dicts."""
 
-    def __init__(self, dataset: "Dataset") -> None:
-        keep = [c for c in (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS) if c in dataset.column_names]
-        self.columns = {c: list(dataset[c]) for c in keep}  # materialised once: fast __getitem__
+    KEEP = (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS)
+
+    def __init__(self, dataset: Any) -> None:
+        columns = _column_names(dataset)
+        self.dataset = None if columns is not None else dataset
+        self.columns = ({c: list(dataset[c]) for c in self.KEEP if c in columns}
+                        if columns is not None else {})
         self.n = len(dataset)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {c: values[i] for c, values in self.columns.items()}
+        if self.dataset is not None:
+            raw = self.dataset[i]
+            item = {k: v for k, v in raw.items() if k in self.KEEP}
+            if "label" in raw and "labels" not in item:
+                item["labels"] = raw["label"]
+        else:
+            item = {c: values[i] for c, values in self.columns.items()}
         item["idx"] = i
         return item
 
 
 def make_loader(
-    dataset: "Dataset",
+    dataset: Any,
     batch_size: int,
     *,
     shuffle: bool,
@@ -503,24 +591,37 @@ def make_loader(
     pad_token_id: int = 0,
     group_by_length: bool = True,
     pad_to_multiple_of: Optional[int] = None,
+    num_replicas: int = 1,
+    rank: int = 0,
+    batch_sampler: Optional[Sampler] = None,
+    collate_fn: Optional[Any] = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` of dynamically padded, optionally length-grouped batches.
 
     Args:
-        dataset: a split produced by :func:`tokenize_task` (needs ``input_ids``, ``labels``).
-        batch_size: examples per batch.
+        dataset: a split produced by :func:`tokenize_task`, or any map-style dataset of dicts
+            with ``input_ids`` (``labels`` optional: unlabelled text gives batches without them).
+        batch_size: examples per batch (per rank).
         shuffle: a new seeded order every epoch (training) or a fixed one (evaluation).
         seed: the seed of the order; the epoch is set by ``loader.batch_sampler.set_epoch``.
         pad_token_id: the tokenizer's ``pad_token_id``.
         group_by_length: batch similar lengths together (less padding, faster).
         pad_to_multiple_of: round padded lengths up (8 helps tensor cores on GPUs).
+        num_replicas, rank: data-parallel shards (see :func:`length_grouped_batches`).
+        batch_sampler: your own batch sampler (yields lists of indices into ``dataset``), e.g.
+            one that mixes tasks or pairs source and target examples; it replaces the
+            length-grouped one (and ``batch_size``/``shuffle``/``seed``/``num_replicas``).
+        collate_fn: your own collator (a list of examples -> a dict of tensors), e.g. one that
+            masks tokens for MLM; default :class:`PadCollator`. Examples carry ``idx``.
     """
     if len(dataset) == 0:
         raise DataError("Cannot make batches of an empty split; check the filters and subset sizes.")
-    if "input_ids" not in dataset.column_names:
+    if batch_sampler is None:
+        batch_sampler = LengthGroupedBatchSampler(example_lengths(dataset), batch_size, shuffle, seed,
+                                                  group_by_length, num_replicas, rank)
+    elif _column_names(dataset) is not None and "input_ids" not in _column_names(dataset):
         raise DataError("The split is not tokenized: call tlutils.data.tokenize_task first.")
-    lengths = dataset["length"] if "length" in dataset.column_names else [len(x) for x in dataset["input_ids"]]
-    sampler = LengthGroupedBatchSampler(lengths, batch_size, shuffle, seed, group_by_length)
-    return DataLoader(_Indexed(dataset), batch_sampler=sampler,
-                      collate_fn=PadCollator(pad_token_id, pad_to_multiple_of),
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(_Indexed(dataset), batch_sampler=batch_sampler,
+                      collate_fn=collate_fn or PadCollator(pad_token_id, pad_to_multiple_of),
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)

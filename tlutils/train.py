@@ -14,6 +14,8 @@ The running-example chapter explains the loop cell by cell before it calls ``fit
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -188,21 +190,15 @@ def _tqdm() -> Any:
     return tqdm
 
 
-def _fingerprint(model: torch.nn.Module, task: TaskSpec) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_labels")
-    return {"task": task.name, "model_class": type(model).__name__,
-            **{k: getattr(config, k, None) for k in keys}}
-
-
 # --------------------------------------------------------------------------- prediction
 
 
 @torch.inference_mode()
 def _predict_batches(model: torch.nn.Module, loader: Iterable[dict], n: int,
                      accelerator: Optional["Accelerator"] = None,
-                     autocast_dtype: Optional[torch.dtype] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels in dataset order (batches are length-sorted, ``idx`` restores order)."""
+                     autocast_dtype: Optional[torch.dtype] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Logits and labels in dataset order (batches are length-sorted, ``idx`` restores order);
+    labels are None for an unlabelled split."""
     model.eval()
     device = next(model.parameters()).device
     logits = labels = None
@@ -212,20 +208,23 @@ def _predict_batches(model: torch.nn.Module, loader: Iterable[dict], n: int,
         idx = batch.pop("idx")
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits.float()  # (B, C)
-        gold = batch["labels"]
+        gold = batch.get("labels")
         if accelerator is not None:
-            idx, out, gold = accelerator.gather_for_metrics((idx, out, gold))
+            idx, out = accelerator.gather_for_metrics((idx, out))
+            gold = accelerator.gather_for_metrics(gold) if gold is not None else None
         if logits is None:
             logits = torch.zeros((n, out.shape[-1]), dtype=torch.float)
-            labels = torch.zeros((n,), dtype=gold.dtype)
+            labels = torch.zeros((n,), dtype=gold.dtype) if gold is not None else None
         logits[idx.cpu()] = out.cpu()
-        labels[idx.cpu()] = gold.cpu()
-    return logits.numpy(), labels.numpy()
+        if labels is not None:
+            labels[idx.cpu()] = gold.cpu()
+    return logits.numpy(), (labels.numpy() if labels is not None else None)
 
 
-def predict(model: torch.nn.Module, dataset: "Dataset", *, batch_size: int = 128,
-            pad_token_id: Optional[int] = None, mixed_precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(N, C)`` and labels ``(N,)`` of a tokenized split, in the split's order.
+def predict(model: torch.nn.Module, dataset: Any, *, batch_size: int = 128,
+            pad_token_id: Optional[int] = None, mixed_precision: str = "auto") -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Logits ``(N, C)`` and labels ``(N,)`` of a tokenized split, in the split's order; the
+    labels are None for an unlabelled split (``load_task(..., unlabelled=...)``).
 
     Runs on the model's device, with bf16/fp16 autocast where :func:`resolve_mixed_precision`
     allows it (set ``mixed_precision="no"`` for bit-exact fp32).
@@ -233,7 +232,8 @@ def predict(model: torch.nn.Module, dataset: "Dataset", *, batch_size: int = 128
     device = next(model.parameters()).device
     precision = resolve_mixed_precision(mixed_precision, cpu=device.type != "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", 0) or 0
+    pad = pad_token_id if pad_token_id is not None else getattr(
+        getattr(model, "config", None), "pad_token_id", 0) or 0
     loader = make_loader(dataset, batch_size, shuffle=False, pad_token_id=pad)
     return _predict_batches(model, loader, len(dataset), autocast_dtype=dtype)
 
@@ -243,6 +243,8 @@ def evaluate(model: torch.nn.Module, dataset: "Dataset", task: TaskSpec | str, *
     """The task's metrics (:attr:`TaskSpec.metrics`) of ``model`` on a tokenized split."""
     task = get_task(task) if isinstance(task, str) else task
     logits, labels = predict(model, dataset, batch_size=batch_size, mixed_precision=mixed_precision)
+    if labels is None:
+        raise ConfigError("evaluate needs a labelled split; this one has no labels (use predict).")
     return compute_metrics(logits, labels, task.metrics)
 
 
@@ -260,7 +262,8 @@ def latest_checkpoint(checkpoint_dir: os.PathLike) -> Optional[Path]:
 
 
 def _save_checkpoint(accelerator: "Accelerator", checkpoint_dir: Path, state: dict[str, Any],
-                     best_state: Optional[dict[str, torch.Tensor]]) -> Path:
+                     best_state: Optional[dict[str, torch.Tensor]],
+                     scheduler_state: Optional[dict[str, Any]] = None) -> Path:
     """Write a checkpoint atomically: into ``checkpoint.tmp``, then renamed into place, so a
     kill at any moment leaves a complete ``checkpoint`` or ``checkpoint.old``."""
     from safetensors.torch import save_file
@@ -273,6 +276,8 @@ def _save_checkpoint(accelerator: "Accelerator", checkpoint_dir: Path, state: di
     if accelerator.is_main_process:
         if best_state is not None:
             save_file(best_state, str(tmp / "best_model.safetensors"))
+        if scheduler_state is not None:
+            torch.save(scheduler_state, tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         if final.exists():
             if old.exists():
@@ -288,69 +293,218 @@ def _save_checkpoint(accelerator: "Accelerator", checkpoint_dir: Path, state: di
 # --------------------------------------------------------------------------- fit
 
 
+EvalFn = Callable[[torch.nn.Module, Any], "dict[str, float]"]
+EpochCallback = Callable[[dict], None]
+
+
+@dataclass
+class TrainState:
+    """Where a run is: saved with every checkpoint and loaded as one object on resume."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch already trained on
+    global_step: int = 0  # optimizer steps
+    bad_epochs: int = 0  # evaluations in a row without improvement
+    running_loss: float = 0.0  # sums over the current epoch so far
+    running_seen: int = 0
+    running_stats: dict[str, float] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    history: Optional[History] = None
+
+    def start_epoch(self) -> None:
+        self.batch, self.running_loss, self.running_seen, self.running_stats = 0, 0.0, 0, {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
+        out["history"] = self.history.to_dict() if self.history else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
+        names = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in names and k != "history"})
+        state.history = History.from_dict(data["history"]) if data.get("history") else None
+        return state
+
+
+RESUME_KEYS = ("epochs", "learning_rate", "weight_decay", "warmup_fraction", "batch_size",
+               "grad_accum_steps", "seed", "group_by_length", "max_steps")
+
+
+def run_fingerprint(model: torch.nn.Module, task_name: Optional[str], config: TrainConfig,
+                    precision: str, num_processes: int) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the model, the task, and every setting
+    that decides the position in the data (batch size, accumulation, seed, epochs, processes)."""
+    model_config = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_labels")
+    return {"task": task_name, "model_class": type(model).__name__,
+            **{k: getattr(model_config, k, None) for k in keys},
+            **{k: getattr(config, k) for k in RESUME_KEYS},
+            "mixed_precision": precision, "num_processes": num_processes}
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject settings that would train nothing or crash later, with the fix in one line."""
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}={getattr(config, name)}: use a positive integer.")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        raise ConfigError(f"early_stopping_patience={config.early_stopping_patience}: use None (never stop "
+                          f"early) or the number of evaluations without improvement to wait (>= 1).")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f"max_steps={config.max_steps}: use None or a positive number of optimizer steps.")
+    if not 0 <= config.warmup_fraction < 1:
+        raise ConfigError(f"warmup_fraction={config.warmup_fraction}: use a fraction in [0, 1).")
+    if config.resume and not config.checkpoint_dir:
+        raise ConfigError("resume=True needs checkpoint_dir (the folder the killed run wrote to).")
+
+
+def check_labels(model: torch.nn.Module, task: Optional[TaskSpec], data: Any) -> None:
+    """A classifier needs an output for every class of the task (else: IndexError on a CPU, a
+    device-side assert that kills the runtime on a GPU)."""
+    if task is None or task.is_regression:
+        return
+    outputs = getattr(getattr(model, "config", None), "num_labels", None)
+    if outputs is not None and outputs < task.num_labels:
+        raise ConfigError(f"The model has {outputs} outputs but task {task.name!r} has {task.num_labels} "
+                          f"classes: load it with num_labels={task.num_labels} "
+                          f"(load_model(name, {task.num_labels})).")
+    columns = getattr(data, "column_names", None)
+    if outputs is not None and isinstance(columns, list) and "labels" in columns and len(data):
+        labels = data["labels"]
+        low, high = min(labels), max(labels)
+        if low < 0 or high >= outputs:
+            raise ConfigError(f"Labels run from {low} to {high} but the model has {outputs} outputs: "
+                              f"check the task ({task.name!r}) and load_model(name, num_labels).")
+
+
+def default_eval_fn(task: TaskSpec, batch_size: int, pad_token_id: int,
+                    accelerator: Optional["Accelerator"] = None) -> EvalFn:
+    """Score a tokenized split with the task's metrics (predictions gathered across ranks)."""
+    cache: dict[int, Any] = {}
+
+    def evaluate_split(model: torch.nn.Module, data: Any) -> dict[str, float]:
+        key = id(data)
+        if key not in cache:  # one loader per split, prepared once
+            loader = make_loader(data, batch_size, shuffle=False, pad_token_id=pad_token_id,
+                                 pad_to_multiple_of=8)
+            cache[key] = accelerator.prepare_data_loader(loader) if accelerator is not None else loader
+        logits, labels = _predict_batches(model, cache[key], len(data), accelerator)
+        if labels is None:
+            raise ConfigError("The evaluation split has no labels: pass a labelled split as eval_data, "
+                              "or an eval_fn that scores unlabelled data.")
+        return compute_metrics(logits, labels, task.metrics)
+
+    return evaluate_split
+
+
+def _batches_from(loader: Iterable[dict], skip: int) -> Iterable[dict]:
+    """The loader's batches without the first ``skip`` (resuming mid-epoch: same order)."""
+    return itertools.islice(loader, skip, None) if skip else loader
+
+
+def _all_finite(accelerator: "Accelerator", *values: float) -> bool:
+    """True when ``values`` are finite on every rank (one all-reduce under data parallelism),
+    so all ranks stop together instead of one rank raising while the others hang."""
+    bad = float(not all(math.isfinite(v) for v in values))
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([bad], device=accelerator.device)
+        bad = float(accelerator.reduce(flag, reduction="sum").item())
+    return bad == 0.0
+
+
 def fit(
     model: torch.nn.Module,
-    train_data: "Dataset",
-    eval_data: Optional["Dataset"] = None,
+    train_data: Any,
+    eval_data: Any = None,
     *,
-    task: TaskSpec | str,
+    task: Optional[TaskSpec | str] = None,
     config: Optional[TrainConfig] = None,
     loss_fn: LossFn = default_loss,
     param_groups: Optional[list[dict[str, Any]]] = None,
     callbacks: Sequence[Callback] = (),
     pad_token_id: Optional[int] = None,
+    batch_sampler: Optional[Any] = None,
+    collate_fn: Optional[Callable[[list[dict]], dict]] = None,
+    eval_fn: Optional[EvalFn] = None,
+    epoch_callbacks: Sequence[EpochCallback] = (),
+    select_metric: Optional[str] = None,
+    greater_is_better: bool = True,
 ) -> History:
     """Train ``model`` on a tokenized split and evaluate it after every epoch.
 
     Args:
-        model: a Hugging Face model whose forward takes the batch dict and returns ``.loss``
-            and ``.logits`` (see :func:`tlutils.models.load_model`).
-        train_data: a split from :func:`tlutils.data.tokenize_task`.
-        eval_data: the split scored after each epoch (None: no evaluation, no selection).
-        task: the task (its ``metrics[0]`` selects the best epoch; higher is better).
+        model: a module whose forward takes the batch's model inputs (a Hugging Face model:
+            ``.loss`` and ``.logits``, see :func:`tlutils.models.load_model`); any module works
+            with a ``loss_fn`` (and an ``eval_fn`` when it has no ``.logits``).
+        train_data: a split from :func:`tlutils.data.tokenize_task`, or any map-style dataset of
+            dicts with ``input_ids`` (and what ``loss_fn`` needs).
+        eval_data: the split scored after each epoch (None and no ``eval_fn``: no evaluation,
+            no selection).
+        task: the task; its metrics score ``eval_data`` and ``metrics[0]`` selects the best
+            epoch. Optional with an ``eval_fn``.
         config: a :class:`TrainConfig` (default settings if None).
-        loss_fn: ``loss_fn(model, batch) -> (loss, stats)``; the batch holds ``input_ids``,
-            ``attention_mask``, ``token_type_ids``, ``labels`` (and ``teacher_logits`` when the
-            split has that column, see :data:`tlutils.data.FLOAT_COLUMNS`) on the right device. Stats
+        loss_fn: ``loss_fn(model, batch) -> (loss, stats)``; the batch holds what the collator
+            made (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``, and
+            ``teacher_logits`` when the split has that column) on the right device. Stats
             (floats) are averaged per epoch into the history.
         param_groups: AdamW parameter groups with absolute ``lr`` values (default:
             :func:`weight_decay_groups`). The warmup/decay schedule scales every group.
         callbacks: called as ``callback(state)`` after every optimizer step, with ``state``
             holding ``epoch``, ``batch`` (position in the epoch), ``global_step`` and ``loss``.
         pad_token_id: padding id (default: ``model.config.pad_token_id``).
+        batch_sampler: yields lists of indices into ``train_data`` (mixing tasks, pairing source
+            and target examples); default: length-grouped batches, one disjoint shard per rank.
+            Its ``set_epoch(epoch)`` is called before each epoch when it has one; under
+            ``accelerate launch`` it must shard by rank itself.
+        collate_fn: a list of examples (dicts with ``idx``) -> a dict of tensors, e.g. MLM
+            masking; default :class:`tlutils.data.PadCollator`.
+        eval_fn: ``eval_fn(model, eval_data) -> metrics``, called after each epoch with the
+            model in eval mode (regression, per-task metrics, held-out MLM loss); default: the
+            task's metrics on ``eval_data``.
+        epoch_callbacks: called as ``callback(record)`` after each epoch (and its evaluation)
+            with the epoch's record: ``epoch``, ``train_loss``, the stats and ``eval_*`` metrics.
+        select_metric: the evaluation metric that picks the best epoch (default: the task's
+            main metric, else the first one ``eval_fn`` returns).
+        greater_is_better: False for losses and perplexities.
 
     Returns:
         a :class:`History`; the model is left with the best epoch's weights (if
         ``config.select_best``), on the device it was trained on, in eval mode.
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf; names the step and the last checkpoint.
-        CheckpointMismatchError: ``resume`` found a checkpoint of another model or task.
+        NonFiniteLossError: the loss or the gradient norm became NaN/inf; raised before the
+            update is applied (on every rank), so the model keeps its last finite weights.
+        CheckpointMismatchError: ``resume`` found a checkpoint of another model, task or setting.
+        ConfigError: a setting that would train nothing or crash (with the fix).
     """
-    tqdm = _tqdm()
     config = config or TrainConfig()
     task = get_task(task) if isinstance(task, str) else task
-    if config.epochs < 1:
-        raise ConfigError(f"epochs={config.epochs}: train for at least one epoch.")
-    if config.resume and not config.checkpoint_dir:
-        raise ConfigError("resume=True needs checkpoint_dir (the folder the killed run wrote to).")
+    check_config(config)
+    if task is None and eval_data is not None and eval_fn is None:
+        raise ConfigError("fit needs task= to score eval_data (its metrics), or an eval_fn.")
+    check_labels(model, task, train_data)
     precision = resolve_mixed_precision(config.mixed_precision,
                                         cpu=config.cpu or not torch.cuda.is_available())
-    accelerator = make_accelerator(precision, config.grad_accum_steps, config.cpu)
-    pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", 0) or 0
+    accelerator = make_accelerator(precision, 1, config.cpu)  # fit accumulates gradients itself
+    pad = pad_token_id if pad_token_id is not None else getattr(
+        getattr(model, "config", None), "pad_token_id", 0) or 0
     # Lengths rounded up to a multiple of 8: tensor cores want it on GPUs, and on CPUs it bounds
     # the number of distinct batch shapes (oneDNN caches work per shape; with every length its
     # own shape, resident memory kept growing over an epoch and peaked 19% above the Trainer's).
-    multiple = 8
-    train_loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
-                               pad_token_id=pad, group_by_length=config.group_by_length,
-                               pad_to_multiple_of=multiple)
-    eval_loader = None
-    if eval_data is not None:
-        eval_loader = make_loader(eval_data, config.eval_batch_size, shuffle=False,
-                                  pad_token_id=pad, pad_to_multiple_of=multiple)
+    train_loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, pad_token_id=pad,
+                               group_by_length=config.group_by_length, pad_to_multiple_of=8,
+                               num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                               batch_sampler=batch_sampler, collate_fn=collate_fn,
+                               pin_memory=accelerator.device.type == "cuda")
+    evaluate_fn = eval_fn
+    if evaluate_fn is None and eval_data is not None:
+        evaluate_fn = default_eval_fn(task, config.eval_batch_size, pad, accelerator)
+    selecting = evaluate_fn is not None
 
-    updates_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
+    # The schedule counts this rank's optimizer steps: the loader is already this rank's shard.
+    batches_per_epoch = len(train_loader)
+    updates_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
     total_steps = config.epochs * updates_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -358,126 +512,170 @@ def fit(
     groups = param_groups if param_groups is not None else weight_decay_groups(
         model, config.learning_rate, config.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)  # one kernel, not a loop
-    procs = accelerator.num_processes  # accelerate steps the scheduler once per process
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_warmup_decay(s, warmup_steps * procs, total_steps * procs))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+        optimizer, lambda s: linear_warmup_decay(s, warmup_steps, total_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    main_metric = select_metric or (task.main_metric if task else None)
 
-    history = History(task=task.name, main_metric=task.main_metric, mixed_precision=precision)
-    fingerprint = _fingerprint(accelerator.unwrap_model(model), task)
+    state = TrainState(fingerprint=run_fingerprint(unwrapped, task.name if task else None, config,
+                                                   precision, accelerator.num_processes))
+    state.history = History(task=task.name if task else "", main_metric=main_metric or "",
+                            mixed_precision=precision)
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     best_state: Optional[dict[str, torch.Tensor]] = None
-    start_epoch, skip_batches, global_step, bad_epochs = 0, 0, 0, 0
-    running = {"loss": 0.0, "seen": 0, "stats": {}}  # sums over the current epoch so far
     last_checkpoint: Optional[Path] = None
-
     if ckpt_dir is not None and config.resume and latest_checkpoint(ckpt_dir) is not None:
         path = latest_checkpoint(ckpt_dir)
-        saved = json.loads((path / "trainer_state.json").read_text())
-        if saved["fingerprint"] != fingerprint:
+        saved = TrainState.from_dict(json.loads((path / "trainer_state.json").read_text()))
+        if saved.fingerprint != state.fingerprint:
+            changed = sorted(k for k in {**saved.fingerprint, **state.fingerprint}
+                             if saved.fingerprint.get(k) != state.fingerprint.get(k))
+            differences = "; ".join(f"{k}: {saved.fingerprint.get(k)!r} there, {state.fingerprint.get(k)!r} here"
+                                    for k in changed)
             raise CheckpointMismatchError(
-                f"Checkpoint {path} was written for {saved['fingerprint']}, but this run is "
-                f"{fingerprint}; use another checkpoint_dir or resume=False.")
+                f"Checkpoint {path} was written by another run ({differences}); use another "
+                f"checkpoint_dir, resume=False, or the same settings.")
         accelerator.load_state(str(path))
-        history = History.from_dict(saved["history"])
-        start_epoch, skip_batches = saved["epoch"], saved["batch"]
-        global_step, bad_epochs, running = saved["global_step"], saved["bad_epochs"], saved["running"]
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        state = saved
         if (path / "best_model.safetensors").is_file():
             from safetensors.torch import load_file
 
             best_state = load_file(str(path / "best_model.safetensors"))
         last_checkpoint = path
+    history = state.history
 
-    def checkpoint(epoch: int, batch: int) -> None:
+    def checkpoint() -> None:
         nonlocal last_checkpoint
-        state = {"epoch": epoch, "batch": batch, "global_step": global_step, "bad_epochs": bad_epochs,
-                 "running": running if batch else {"loss": 0.0, "seen": 0, "stats": {}},
-                 "fingerprint": fingerprint, "history": history.to_dict()}
-        last_checkpoint = _save_checkpoint(accelerator, ckpt_dir, state, best_state)
+        last_checkpoint = _save_checkpoint(accelerator, ckpt_dir, state.to_dict(), best_state,
+                                           scheduler.state_dict())
 
-    show = _progress_enabled(config.progress) and accelerator.is_local_main_process
-    done = config.max_steps is not None and global_step >= config.max_steps
-    for epoch in range(start_epoch, config.epochs):
-        if done or (config.early_stopping_patience is not None
-                    and bad_epochs >= config.early_stopping_patience):
-            break
+    def train_epoch(epoch: int) -> bool:
+        """One epoch (or what is left of it after a resume); True when max_steps was reached."""
+        sampler = train_loader.batch_sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a new order every epoch, on every rank
+        if not state.batch:
+            state.start_epoch()
         model.train()
-        train_loader.set_epoch(epoch)  # the prepared loader passes the epoch on to our batch sampler
-        batches = train_loader
-        if skip_batches:  # resuming mid-epoch: the same order, minus the batches already trained on
-            batches = accelerator.skip_first_batches(train_loader, skip_batches)
-            batches.set_epoch(epoch)
-        start_batch, skip_batches = skip_batches, 0
-        if not start_batch:
-            running = {"loss": 0.0, "seen": 0, "stats": {}}
-        stat_sums, began = running["stats"], time.perf_counter()
-        bar = tqdm(batches, total=len(train_loader), initial=start_batch, disable=not show,
-                   leave=False, desc=f"epoch {epoch + 1}/{config.epochs}")
-        for batch_index, batch in enumerate(bar, start=start_batch + 1):
-            batch.pop("idx")
-            with accelerator.accumulate(model):
-                loss, stats = loss_fn(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        began, start = time.perf_counter(), state.batch
+        bar = tqdm(_batches_from(train_loader, start), total=batches_per_epoch, initial=start,
+                   disable=not show, leave=False, desc=f"epoch {epoch + 1}/{config.epochs}")
+        window_start = (start // config.grad_accum_steps) * config.grad_accum_steps
+        try:
+            for index, batch in enumerate(bar, start=start):
+                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if k != "idx"}
+                window = min(config.grad_accum_steps, batches_per_epoch - window_start)  # short at the end
+                last = index + 1 == window_start + window
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    loss, stats = loss_fn(model, batch)
+                    value = loss.detach().float().item()
+                    if not _all_finite(accelerator, value):
+                        raise _non_finite("Loss", value, state.global_step, epoch, index, last_checkpoint)
+                    accelerator.backward(loss / window)
+                n = batch["input_ids"].shape[0]
+                state.running_loss += value * n
+                state.running_seen += n
+                for key, v in stats.items():
+                    state.running_stats[key] = state.running_stats.get(key, 0.0) + float(v) * n
+                state.batch = index + 1
+                if not last:
+                    continue
+                window_start = index + 1
+                if config.max_grad_norm is not None:
+                    norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+                    if not _all_finite(accelerator, norm):
+                        raise _non_finite("Gradient norm", norm, state.global_step, epoch, index, last_checkpoint)
                 optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            value = loss.detach().float().item()
-            if not math.isfinite(value):
-                where = f"{last_checkpoint}" if last_checkpoint else "none (set checkpoint_dir to keep one)"
-                raise NonFiniteLossError(
-                    f"Loss is {value} at optimizer step {global_step + 1} (epoch {epoch + 1}, "
-                    f"batch {batch_index}); last good checkpoint: {where}. Lower the learning "
-                    f"rate or use mixed_precision='no', check the labels, then resume.")
-            n = batch["input_ids"].shape[0] * procs
-            running["loss"] += value * n
-            running["seen"] += n
-            for key, v in stats.items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + float(v) * n
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            history.steps.append({"step": global_step, "epoch": epoch + batch_index / len(train_loader),
-                                  "loss": value, "lr": scheduler.get_last_lr()[0]})
-            if show and global_step % 10 == 0:
-                bar.set_postfix(loss=f"{running['loss'] / running['seen']:.4f}")
-            if ckpt_dir is not None and config.checkpoint_every and global_step % config.checkpoint_every == 0:
-                checkpoint(epoch, batch_index)
-            for callback in callbacks:
-                callback({"epoch": epoch, "batch": batch_index, "global_step": global_step, "loss": value})
-            if config.max_steps is not None and global_step >= config.max_steps:
-                done = True
-                break
-        bar.close()
-        history.train_seconds += time.perf_counter() - began
-        history.train_samples += running["seen"]
-        seen = max(running["seen"], 1)
-        record = {"epoch": epoch + 1, "train_loss": running["loss"] / seen,
-                  **{k: v / seen for k, v in stat_sums.items()}}
-        if eval_loader is not None:
-            logits, labels = _predict_batches(model, eval_loader, len(eval_data), accelerator)
-            record.update({f"eval_{k}": v for k, v in compute_metrics(logits, labels, task.metrics).items()})
-            score = record[f"eval_{task.main_metric}"]
-            if history.best_score is None or score > history.best_score:
-                history.best_score, history.best_epoch, bad_epochs = score, epoch + 1, 0
-                if config.select_best:
-                    unwrapped = accelerator.unwrap_model(model)
-                    best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
-            else:
-                bad_epochs += 1
-        history.epochs.append(record)
-        if ckpt_dir is not None:
-            checkpoint(epoch + 1, 0)
+                if not getattr(optimizer, "step_was_skipped", False):  # fp16: an overflow skips the step
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                history.steps.append({"step": state.global_step, "epoch": epoch + state.batch / batches_per_epoch,
+                                      "loss": value, "lr": scheduler.get_last_lr()[0]})
+                if show and state.global_step % 10 == 0:
+                    bar.set_postfix(loss=f"{state.running_loss / state.running_seen:.4f}")
+                if ckpt_dir is not None and config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
+                    checkpoint()
+                for callback in callbacks:
+                    callback({"epoch": epoch, "batch": state.batch, "global_step": state.global_step, "loss": value})
+                if config.max_steps is not None and state.global_step >= config.max_steps:
+                    return True
+            return False
+        finally:
+            bar.close()
+            history.train_seconds += time.perf_counter() - began
 
-    history.stopped_early = bad_epochs >= (config.early_stopping_patience or math.inf)
-    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if config.select_best and best_state is not None:
+    def evaluate_and_select(record: dict[str, Any]) -> None:
+        """Score the model, keep its weights if it is the best so far, count bad epochs."""
+        nonlocal best_state, main_metric
+        model.eval()
+        metrics = evaluate_fn(accelerator.unwrap_model(model), eval_data)
+        record.update({f"eval_{k}": v for k, v in metrics.items()})
+        if main_metric is None:
+            main_metric = history.main_metric = next(iter(metrics))
+        if main_metric not in metrics:
+            raise ConfigError(f"select_metric={main_metric!r} is not among the evaluation's metrics "
+                              f"({', '.join(metrics)}).")
+        score = float(metrics[main_metric])
+        better = history.best_score is None or (score > history.best_score if greater_is_better
+                                                else score < history.best_score)
+        if better:
+            history.best_score, history.best_epoch, state.bad_epochs = score, record["epoch"], 0
+            if config.select_best:
+                weights = accelerator.unwrap_model(model).state_dict()
+                best_state = {k: v.detach().cpu().clone() for k, v in weights.items()}
+        else:
+            state.bad_epochs += 1
+
+    tqdm = _tqdm()
+    show = _progress_enabled(config.progress) and accelerator.is_local_main_process
+    finished = False
+    try:
+        done = config.max_steps is not None and state.global_step >= config.max_steps
+        for epoch in range(state.epoch, config.epochs):
+            if done or (config.early_stopping_patience is not None
+                        and state.bad_epochs >= config.early_stopping_patience):
+                break
+            done = train_epoch(epoch)
+            totals = torch.tensor([state.running_loss, state.running_seen,
+                                   *[state.running_stats[k] for k in sorted(state.running_stats)]],
+                                  dtype=torch.float64, device=accelerator.device)
+            if accelerator.num_processes > 1:  # the epoch's loss over every rank's examples
+                totals = accelerator.reduce(totals, reduction="sum")
+            seen = max(float(totals[1]), 1.0)
+            history.train_samples += int(totals[1])
+            record = {"epoch": epoch + 1, "train_loss": float(totals[0]) / seen,
+                      **{k: float(v) / seen for k, v in zip(sorted(state.running_stats), totals[2:])}}
+            if selecting:
+                evaluate_and_select(record)
+            history.epochs.append(record)
+            for callback in epoch_callbacks:
+                callback(dict(record))
+            state.epoch, state.batch = epoch + 1, 0
+            state.start_epoch()
+            if ckpt_dir is not None:
+                checkpoint()
+        finished = True
+    finally:  # also after an error: the caller's model without accelerate's wrappers, in eval mode
+        model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        model.eval()
+    history.stopped_early = (config.early_stopping_patience is not None
+                             and state.bad_epochs >= config.early_stopping_patience
+                             and len(history.epochs) < config.epochs)
+    if finished and config.select_best and best_state is not None:
         model.load_state_dict(best_state)
     history.peak_memory_mb = peak_memory_mb(accelerator.device)
-    model.eval()
     if accelerator.device.type == "cuda":  # release cached GPU memory for the next run; on a CPU
         accelerator.free_memory()  # its full gc.collect() only costs ~0.5 s per fit
     return history
+
+
+def _non_finite(what: str, value: float, step: int, epoch: int, index: int,
+                last_checkpoint: Optional[Path]) -> NonFiniteLossError:
+    where = f"{last_checkpoint}" if last_checkpoint else "none (set checkpoint_dir to keep one)"
+    return NonFiniteLossError(
+        f"{what} is {value} at optimizer step {step + 1} (epoch {epoch + 1}, batch {index + 1}); the "
+        f"update was not applied; last good checkpoint: {where}. Lower the learning rate or use "
+        f"mixed_precision='no', check the labels, then resume.")
