@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from tlutils.config import OUTPUT_ENV, Profile, output_dir, project_root
+from tlutils.config import OUTPUT_ENV, Profile, is_main_process, output_dir, project_root
 
 COMMAND_ENV = "TLUTILS_RECORD_COMMAND"  # set by `make book` / `make records-<part>`: how a record was made
 
@@ -70,14 +70,18 @@ def environment(precision: Optional[str] = None) -> dict[str, Any]:
 
 def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
                  wall_time_s: Optional[float] = None) -> Path:
-    """Write ``metrics`` (nested dicts of numbers and strings) for ``chapter``; return the path."""
+    """Write ``metrics`` (nested dicts of numbers and strings) for ``chapter``; return the path.
+
+    Only the main process writes (rank 0 under ``accelerate launch``); the write is atomic."""
     record = {"chapter": chapter, "profile": profile.name, "model": profile.model_name,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": os.environ.get(COMMAND_ENV),
               "wall_time_s": _plain(wall_time_s), "environment": environment(profile.mixed_precision),
               "metrics": _plain(metrics)}
     path = output_dir(chapter) / "metrics.json"
-    tmp = path.with_suffix(".tmp")
+    if not is_main_process():  # under accelerate launch only rank 0 writes
+        return path
+    tmp = path.with_name(f"metrics.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
     tmp.replace(path)
     return path

@@ -486,7 +486,8 @@ def fit(
     check_labels(model, task, train_data)
     precision = resolve_mixed_precision(config.mixed_precision,
                                         cpu=config.cpu or not torch.cuda.is_available())
-    accelerator = make_accelerator(precision, 1, config.cpu)  # fit accumulates gradients itself
+    # cpu=True also where no GPU is visible: accelerate sets up gloo (MULTI_CPU) only then
+    accelerator = make_accelerator(precision, 1, config.cpu or not torch.cuda.is_available())
     pad = pad_token_id if pad_token_id is not None else getattr(
         getattr(model, "config", None), "pad_token_id", 0) or 0
     # Lengths rounded up to a multiple of 8: tensor cores want it on GPUs, and on CPUs it bounds

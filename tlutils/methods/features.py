@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Sequence, TypeVar, Union
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlutils.config import output_dir, resolve_mixed_precision
+from tlutils.config import is_main_process, output_dir, resolve_mixed_precision
 from tlutils.core import encoder_of
 from tlutils.errors import ConfigError, DataError
 
@@ -268,9 +269,10 @@ def cached_features(model: nn.Module, tokenizer: "PreTrainedTokenizerBase", text
             return {p: stored[p] for p in POOLINGS}, True
     features = layer_features(model, tokenizer, texts, texts_pair, max_length=max_length,
                               batch_size=batch_size, mixed_precision=precision)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **features)
-    tmp.replace(path)
+    if is_main_process():  # one writer under accelerate launch; atomic, so readers never see half a file
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **features)
+        tmp.replace(path)
     return features, False
 
 

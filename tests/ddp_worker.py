@@ -1,0 +1,53 @@
+"""One rank of a data-parallel ``fit`` run, for tests/test_distributed.py.
+
+Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE]
+(or plain ``python`` for the one-process reference). Each rank writes OUT_DIR/rank<r>.json:
+the examples of every batch it trained on, its learning rates, its history and a digest of
+its final weights.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from tlutils.config import get_profile, set_seed
+from tlutils.data import PadCollator, load_task, tokenize_task
+from tlutils.models import load_model, load_tokenizer
+from tlutils.train import TrainConfig, fit
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    batch_size = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    cfg = get_profile("smoke")
+    set_seed(0)
+    data = load_task("mrpc", max_train_examples=96, max_eval_examples=32)
+    tokenizer = load_tokenizer(cfg.model_name)
+    encoded, _ = tokenize_task(data, tokenizer, "mrpc", cfg.max_length)
+    model = load_model(cfg.model_name, 2, seed=0)
+    pad = PadCollator(tokenizer.pad_token_id, 8)
+    batches: list[list[int]] = []
+
+    def collate(examples):  # the examples each batch of this rank holds
+        batches.append([e["idx"] for e in examples])
+        return pad(examples)
+
+    config = TrainConfig.from_profile(cfg, epochs=3, batch_size=batch_size, learning_rate=1e-3,
+                                      mixed_precision="no", progress=False, seed=0)
+    history = fit(model, encoded["train"], encoded["validation"], task="mrpc", config=config,
+                  collate_fn=collate)
+    rank = int(__import__("os").environ.get("RANK", "0"))
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "batches": batches, "per_epoch": len(batches) // 3, "history": history.to_dict(),
+        "weights": digest.hexdigest(), "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
