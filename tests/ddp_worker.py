@@ -1,6 +1,6 @@
 """One rank of a data-parallel ``fit`` run, for tests/test_distributed.py.
 
-Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE]
+Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE] [unfreeze]
 (or plain ``python`` for the one-process reference). Each rank writes OUT_DIR/rank<r>.json:
 the examples of every batch it trained on, its learning rates, its history and a digest of
 its final weights.
@@ -15,6 +15,7 @@ import torch
 
 from tlutils.config import get_profile, set_seed
 from tlutils.data import PadCollator, load_task, tokenize_task
+from tlutils.methods.finetune import GradualUnfreezing
 from tlutils.models import load_model, load_tokenizer
 from tlutils.train import TrainConfig, fit
 
@@ -22,6 +23,7 @@ from tlutils.train import TrainConfig, fit
 def main() -> None:
     out = Path(sys.argv[1])
     batch_size = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    unfreeze = "unfreeze" in sys.argv[3:]  # gradual unfreezing: layers join the training later
     cfg = get_profile("smoke")
     set_seed(0)
     data = load_task("mrpc", max_train_examples=96, max_eval_examples=32)
@@ -37,8 +39,12 @@ def main() -> None:
 
     config = TrainConfig.from_profile(cfg, epochs=3, batch_size=batch_size, learning_rate=1e-3,
                                       mixed_precision="no", progress=False, seed=0)
+    extra = {}
+    if unfreeze:
+        unfreezer = GradualUnfreezing(model, every=2)
+        extra = {"param_groups": unfreezer.param_groups(1e-3, 0.0), "callbacks": [unfreezer]}
     history = fit(model, encoded["train"], encoded["validation"], task="mrpc", config=config,
-                  collate_fn=collate)
+                  collate_fn=collate, **extra)
     rank = int(__import__("os").environ.get("RANK", "0"))
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):

@@ -133,6 +133,36 @@ def test_gradual_unfreezing_in_a_real_fit_leaves_embeddings_untouched_until_thei
     assert not torch.equal(embeddings, start_emb)
 
 
+def test_gradual_unfreezing_resumes_with_the_layers_of_its_step(train_split, tmp_path):
+    """A run stopped after step 4 (every=2: three blocks trainable) resumes training three
+    blocks at its first step, not the head alone that a fresh unfreezer starts with."""
+    class Crash(Exception):
+        pass
+
+    def crash_at_4(state):
+        if state["global_step"] == 4:
+            raise Crash
+
+    config = quick_config(epochs=1, batch_size=4, checkpoint_dir=str(tmp_path), checkpoint_every=4)
+    model = load_model("tiny-bert", 2, seed=0)
+    unfreezer = GradualUnfreezing(model, every=2)
+    with pytest.raises(Crash):
+        fit(model, train_split, task="mrpc", config=config, param_groups=unfreezer.param_groups(1e-2, 0.0),
+            callbacks=[unfreezer, crash_at_4])
+    trained = []
+
+    def spy(model_, batch):
+        trained.append({layer_of(n) for n, p in model_.named_parameters() if p.requires_grad})
+        return model_(**batch).loss, {}
+
+    model = load_model("tiny-bert", 2, seed=0)
+    unfreezer = GradualUnfreezing(model, every=2)  # step 0: head and pooler only
+    fit(model, train_split, task="mrpc", config=config.__class__(**{**config.__dict__, "resume": True}),
+        param_groups=unfreezer.param_groups(1e-2, 0.0), callbacks=[unfreezer], loss_fn=spy)
+    assert trained[0] == set(unfreezer.trainable_groups(4)) and len(trained) == 8 - 4
+    assert trained[0] != set(unfreezer.trainable_groups(0))
+
+
 def test_adamw_leaves_frozen_parameters_alone_even_with_weight_decay(tiny):
     groups = layerwise_lr_groups(tiny, 1e-1, 1.0, weight_decay=0.5, include_frozen=True)
     train_head_only(tiny)

@@ -149,7 +149,8 @@ def default_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dic
     return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss, {}
 
 
-def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool = False) -> "Accelerator":
+def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool = False,
+                     find_unused_parameters: bool = False) -> "Accelerator":
     """A fresh ``Accelerator`` for one run.
 
     ``accelerate`` keeps its settings in process-wide singletons, so a notebook that trains a
@@ -159,11 +160,13 @@ def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool 
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps,
-                       cpu=cpu, step_scheduler_with_optimizer=True)
+                       cpu=cpu, step_scheduler_with_optimizer=True, kwargs_handlers=handlers)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -451,7 +454,9 @@ def fit(
         param_groups: AdamW parameter groups with absolute ``lr`` values (default:
             :func:`weight_decay_groups`). The warmup/decay schedule scales every group.
         callbacks: called as ``callback(state)`` after every optimizer step, with ``state``
-            holding ``epoch``, ``batch`` (position in the epoch), ``global_step`` and ``loss``.
+            holding ``epoch``, ``batch`` (position in the epoch), ``global_step`` and ``loss``;
+            a callback with an ``on_train_begin(state)`` method is also called once before the
+            first step (``global_step`` 0, or the step a resumed run continues from).
         pad_token_id: padding id (default: ``model.config.pad_token_id``).
         batch_sampler: yields lists of indices into ``train_data`` (mixing tasks, pairing source
             and target examples); default: length-grouped batches, one disjoint shard per rank.
@@ -486,8 +491,15 @@ def fit(
     check_labels(model, task, train_data)
     precision = resolve_mixed_precision(config.mixed_precision,
                                         cpu=config.cpu or not torch.cuda.is_available())
+    groups = param_groups if param_groups is not None else weight_decay_groups(
+        model, config.learning_rate, config.weight_decay)
+    # Parameters in the optimizer that are frozen now and trained later (gradual unfreezing):
+    # DDP registers its all-reduce hooks only for parameters that require grad when it wraps
+    # the model, so they are unfrozen for the wrap, and DDP is told some may get no gradient.
+    frozen_now = [p for g in groups for p in g["params"] if not p.requires_grad]
     # cpu=True also where no GPU is visible: accelerate sets up gloo (MULTI_CPU) only then
-    accelerator = make_accelerator(precision, 1, config.cpu or not torch.cuda.is_available())
+    accelerator = make_accelerator(precision, 1, config.cpu or not torch.cuda.is_available(),
+                                   find_unused_parameters=bool(frozen_now))
     pad = pad_token_id if pad_token_id is not None else getattr(
         getattr(model, "config", None), "pad_token_id", 0) or 0
     # Lengths rounded up to a multiple of 8: tensor cores want it on GPUs, and on CPUs it bounds
@@ -510,12 +522,14 @@ def fit(
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup_fraction * total_steps)
-    groups = param_groups if param_groups is not None else weight_decay_groups(
-        model, config.learning_rate, config.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)  # one kernel, not a loop
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: linear_warmup_decay(s, warmup_steps, total_steps))
+    for param in frozen_now:
+        param.requires_grad_(True)
     model, optimizer = accelerator.prepare(model, optimizer)
+    for param in frozen_now:
+        param.requires_grad_(False)
     unwrapped = accelerator.unwrap_model(model)
     main_metric = select_metric or (task.main_metric if task else None)
 
@@ -633,6 +647,9 @@ def fit(
     tqdm = _tqdm()
     show = _progress_enabled(config.progress) and accelerator.is_local_main_process
     finished = False
+    for callback in callbacks:  # e.g. gradual unfreezing sets the trainable layers of a resumed step
+        if hasattr(callback, "on_train_begin"):
+            callback.on_train_begin({"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step})
     try:
         done = config.max_steps is not None and state.global_step >= config.max_steps
         for epoch in range(state.epoch, config.epochs):

@@ -183,8 +183,9 @@ class GradualUnfreezing:
         >>> fit(model, train, task="mrpc", param_groups=unfreezer.param_groups(2e-4, 0.01),
         ...     callbacks=[unfreezer])
 
-    Reference: Howard & Ruder 2018, https://arxiv.org/abs/1801.06146. Multi-GPU (DDP) runs
-    need ``find_unused_parameters=True`` because the set of parameters with gradients changes.
+    Reference: Howard & Ruder 2018, https://arxiv.org/abs/1801.06146. Under ``accelerate
+    launch`` ``fit`` wraps the model with every parameter of ``param_groups`` trainable and
+    ``find_unused_parameters=True``, so layers unfrozen later are averaged across ranks too.
     """
 
     def __init__(self, model: torch.nn.Module, every: int, start: int = 1,
@@ -206,6 +207,10 @@ class GradualUnfreezing:
         return freeze_all_but(self.model, self.trainable_groups(step))
 
     def __call__(self, state: dict[str, Any]) -> None:
+        self.apply(int(state["global_step"]))
+
+    def on_train_begin(self, state: dict[str, Any]) -> None:
+        """``fit`` calls this before the first step: a resumed run trains the layers of its step."""
         self.apply(int(state["global_step"]))
 
     def param_groups(self, lr: float, weight_decay: float, decay: float = 1.0) -> list[dict[str, Any]]:
