@@ -14,7 +14,7 @@ suite does that, so the script cannot rot before a GPU is lent):
    tested with a mocked capability, since the lent GPU is not a T4);
 2. the GPU's measured matrix-multiply peak in that precision;
 3. ``fit``'s throughput on a randomly initialised BERT-base (12 layers, 768 hidden, 128
-   tokens) and its model FLOPs utilisation (MFU): training FLOPs per token ``6 N + 12 L d T``
+   tokens; batch 64 and 256, eager and ``torch.compile``) and its model FLOPs utilisation (MFU): training FLOPs per token ``6 N + 12 L d T``
    (Chowdhery et al. 2022, PaLM, appendix B; N non-embedding parameters, L layers, d hidden
    size, T tokens) times tokens per second, over the measured peak and over the data-sheet peak;
 4. bf16 and fp16 autocast (fp16 with accelerate's gradient scaler): no NaN, and the loss
@@ -137,20 +137,24 @@ def training_flops_per_sample(model: torch.nn.Module, layers: int, hidden: int, 
 
 
 def throughput(sizes: dict[str, int], precision: str, device: torch.device, peak: float,
-               datasheet: float | None, cpu: bool) -> dict[str, Any]:
-    """fit on a random BERT: samples/s and MFU (a short warm-up run first)."""
+               datasheet: float | None, cpu: bool, compile: bool = False) -> dict[str, Any]:
+    """fit on a random BERT: samples/s and MFU over the steps after ``warm_steps`` (the first
+    steps pay for kernel selection and, compiled, for compilation)."""
     set_seed(0)
     model = random_bert(sizes).to(device)
-    data = synthetic_examples(sizes["batch"] * sizes["steps"], sizes["seq"])
-    base = dict(epochs=1, batch_size=sizes["batch"], learning_rate=1e-4, mixed_precision=precision,
-                progress=False, select_best=False, cpu=cpu)
-    fit(model, data[:sizes["batch"] * sizes["warm_steps"]], config=TrainConfig(**base))
-    history = fit(model, data, config=TrainConfig(**base))
+    data = synthetic_examples(sizes["batch"] * (sizes["warm_steps"] + sizes["steps"]), sizes["seq"])
+    times: list[float] = []
+    config = TrainConfig(epochs=1, batch_size=sizes["batch"], learning_rate=1e-4, mixed_precision=precision,
+                         progress=False, select_best=False, cpu=cpu, compile=compile)
+    history = fit(model, data, config=config, callbacks=[lambda state: times.append(time.perf_counter())])
+    timed = times[sizes["warm_steps"]:]  # each after an optimizer step (the step's loss is synchronised)
+    samples_per_second = sizes["batch"] * (len(timed) - 1) / (timed[-1] - timed[0])
     per_sample = training_flops_per_sample(model, sizes["layers"], sizes["hidden"], sizes["seq"])
-    achieved = per_sample * history.samples_per_second / 1e12
+    achieved = per_sample * samples_per_second / 1e12
     return {"model": f"random BERT, {sizes['layers']} layers, {sizes['hidden']} hidden, {sizes['seq']} tokens",
-            "parameters": sum(p.numel() for p in model.parameters()), "batch_size": sizes["batch"],
-            "steps": len(history.steps), "samples_per_second": history.samples_per_second,
+            "compiled": compile, "parameters": sum(p.numel() for p in model.parameters()),
+            "batch_size": sizes["batch"], "timed_steps": len(timed) - 1, "samples_per_second": samples_per_second,
+            "seconds_steps_2_to_warm": times[sizes["warm_steps"]] - times[0] if sizes["warm_steps"] else 0.0,
             "achieved_tflops": achieved, "mfu_of_measured_peak": achieved / peak,
             "mfu_of_datasheet_peak": achieved / datasheet if datasheet else None,
             "peak_memory_mb": history.peak_memory_mb, "precision": history.mixed_precision,
@@ -226,6 +230,16 @@ def run(assets: Path, out: Path, dry_run: bool) -> dict[str, Any]:
     datasheet = next((v for k, v in DATASHEET_TFLOPS.items() if k in name), None)
     report["datasheet_tflops"] = datasheet
     report["throughput"] = throughput(sizes, precision, device, peak, datasheet, cpu)
+    # Eager PyTorch launches one kernel per operation; with small batches a fast GPU waits for
+    # the CPU. A 4x batch and torch.compile (fused kernels) show how much of the gap that is.
+    report["throughput_variants"] = {}
+    for batch_factor, compiled in ((4, False), (1, True), (4, True)):
+        if compiled and cpu:  # compiling on a CPU takes minutes: the dry run skips it
+            continue
+        variant = dict(sizes, batch=sizes["batch"] * batch_factor, steps=max(sizes["steps"] // batch_factor, 2),
+                       warm_steps=max(sizes["warm_steps"] // batch_factor, 2))
+        name_ = f"batch {variant['batch']}, {'compiled' if compiled else 'eager'}"
+        report["throughput_variants"][name_] = throughput(variant, precision, device, peak, datasheet, cpu, compiled)
     report["fixed_batch"] = {p: fixed_batch(sizes, p, cpu) for p in (("bf16", "fp16") if not cpu else ("bf16", "no"))}
     report["minilm_mrpc"] = fine_tune_minilm(assets, sizes, precision, cpu)
     report["seconds"] = time.perf_counter() - began
@@ -236,6 +250,8 @@ def run(assets: Path, out: Path, dry_run: bool) -> dict[str, Any]:
     print(f"fit, {t['model']}: {t['samples_per_second']:.0f} samples/s, {t['achieved_tflops']:.1f} TFLOP/s, "
           f"MFU {t['mfu_of_measured_peak']:.1%} of the measured peak"
           + (f", {t['mfu_of_datasheet_peak']:.1%} of the data sheet's" if datasheet else ""))
+    for variant, v in report["throughput_variants"].items():
+        print(f"  {variant}: {v['samples_per_second']:.0f} samples/s, MFU {v['mfu_of_measured_peak']:.1%}")
     for p, r in report["fixed_batch"].items():
         print(f"fixed batch, {p}: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}, finite {r['finite']}, falls {r['falls']}")
     print(f"MiniLM (fp16 on disk) on MRPC, {m['train_pairs']} pairs x {m['epochs']} epochs: {m['sentence']}")

@@ -66,6 +66,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps
     progress: Optional[bool] = None  # None: on unless TLUTILS_PROGRESS=0
     cpu: bool = False  # force the CPU even when a GPU is visible
+    compile: bool = False  # torch.compile the model: fewer, fused kernels (see benchmarks/gpu_check.py)
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
@@ -530,6 +531,8 @@ def fit(
     model, optimizer = accelerator.prepare(model, optimizer)
     for param in frozen_now:
         param.requires_grad_(False)
+    if config.compile:  # the caller's module keeps the weights; unwrap_model undoes the wrapper
+        model = torch.compile(model)
     unwrapped = accelerator.unwrap_model(model)
     main_metric = select_metric or (task.main_metric if task else None)
 
