@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -93,13 +93,14 @@ def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
         raise _unavailable(name, err) from err
 
 
-def load_model(name: str, num_labels: int, *, pretrained: bool = True,
+def load_model(name: str, num_labels: Optional[int] = None, *, pretrained: bool = True,
                seed: Optional[int] = None) -> "PreTrainedModel":
     """An encoder with a sequence-classification head (regression when ``num_labels == 1``).
 
     Args:
         name: an alias (``minilm``, ``tiny-bert``), a hub name or a local folder.
-        num_labels: classes of the task, 1 for regression.
+        num_labels: classes of the task, 1 for regression; None keeps the checkpoint's own
+            (a model saved with :func:`save_model`, with its label names).
         pretrained: load the pretrained weights (True) or build the *same architecture* with
             random weights (False) -- the from-scratch baseline of a transfer experiment.
         seed: seed of the randomly initialised weights (the head always; everything when
@@ -115,10 +116,10 @@ def load_model(name: str, num_labels: int, *, pretrained: bool = True,
         torch.manual_seed(seed)
     with _quiet_transformers():
         if name == TINY:
-            return BertForSequenceClassification(tiny_bert_config(num_labels))
+            return BertForSequenceClassification(tiny_bert_config(num_labels or 2))
         path = resolve_model_path(name)
         try:
-            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+            config = AutoConfig.from_pretrained(path, **({"num_labels": num_labels} if num_labels else {}))
             if not pretrained:
                 return AutoModelForSequenceClassification.from_config(config)
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -139,3 +140,81 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 def max_positions(model: "PreTrainedModel") -> Optional[int]:
     """How many tokens the model can embed (``max_position_embeddings``), if it says."""
     return getattr(model.config, "max_position_embeddings", None)
+
+
+# --------------------------------------------------------------------------- keeping a model
+
+TASK_FILE = "tlutils_task.json"
+
+
+def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: os.PathLike,
+               task: Any) -> Path:
+    """Write a trained classifier so that :func:`load_model` (``load_model(folder)``) and
+    :func:`predict_texts` can use it anywhere: weights (safetensors), tokenizer, the label names
+    as ``id2label``/``label2id``, and the task's metadata (``tlutils_task.json``).
+
+    Only the main process writes (rank 0 under ``accelerate launch``).
+    """
+    import json
+
+    from tlutils.config import is_main_process
+    from tlutils.data import get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    folder = Path(folder)
+    if not is_main_process():
+        return folder
+    names = list(task.label_names) or ["score"]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / TASK_FILE).write_text(json.dumps({
+        "task": task.name, "label_names": list(task.label_names), "text_fields": list(task.text_fields),
+        "metrics": list(task.metrics), "regression": task.is_regression}, indent=1))
+    return folder
+
+
+def saved_task(folder: os.PathLike) -> Optional[str]:
+    """The task a folder written by :func:`save_model` was trained on (None for other folders)."""
+    import json
+
+    path = Path(folder) / TASK_FILE
+    return json.loads(path.read_text())["task"] if path.is_file() else None
+
+
+@torch.inference_mode()
+def predict_texts(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                  texts: Sequence[Union[str, tuple[str, str]]], *, batch_size: int = 64,
+                  max_length: int = 128) -> list[dict[str, Any]]:
+    """Label names and probabilities for raw texts or sentence pairs.
+
+    Example:
+        >>> predict_texts(model, tokenizer, [("He said so.", "So he said.")])
+        [{'label': 'equivalent', 'probabilities': {'not_equivalent': 0.2, 'equivalent': 0.8}}]
+
+    A regression model (one output) returns ``{"score": value}`` instead.
+    """
+    if isinstance(texts, (str, tuple)):
+        raise TypeError("predict_texts takes a list of texts or of (text_a, text_b) pairs.")
+    device = next(model.parameters()).device
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        pairs = [t if isinstance(t, (tuple, list)) else (t, None) for t in chunk]
+        first, second = [a for a, _ in pairs], [b for _, b in pairs]
+        if any(b is None for b in second) and not all(b is None for b in second):
+            raise ValueError("Mix of single texts and pairs: pass one kind per call.")
+        enc = tokenizer(first, None if second[0] is None else second, truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt").to(device)
+        logits = model(**enc).logits.float()  # (B, C)
+        if logits.shape[-1] == 1:
+            out += [{"score": float(v)} for v in logits[:, 0]]
+            continue
+        probs = logits.softmax(-1).cpu()
+        for row in probs:
+            out.append({"label": names[int(row.argmax())],
+                        "probabilities": {n: float(p) for n, p in zip(names, row)}})
+    return out
