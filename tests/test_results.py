@@ -136,3 +136,27 @@ def test_record_provenance_names_command_date_cpu_and_precision(tmp_path, monkey
     (tmp_path / "kept" / "demo.record.json").write_text(path.read_text())
     assert load_record("demo", root=tmp_path / "kept")["metrics"] == {"x": 1}
     assert load_record("missing", root=tmp_path / "kept") is None
+
+
+def test_record_findings_print_provenance_and_the_stored_sentences(tmp_path, monkeypatch):
+    from tlutils.config import get_profile
+    from tlutils.results import record_findings, save_results
+    from tlutils.stats import compare
+
+    import numpy as np
+
+    y = np.array([0, 1] * 50)
+    found = compare(y, y, 1 - y, names=("right", "wrong"))
+    monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TLUTILS_RECORD_COMMAND", "make records-concepts")
+    path = save_results("demo", {"comparisons": {"main": found.as_dict()}}, profile=get_profile("record"),
+                        wall_time_s=60.0)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "demo.record.json").write_text(path.read_text())
+    text = record_findings("demo", root=tmp_path / "kept")
+    first, second = text.splitlines()
+    assert "`make records-concepts`" in first and "fp32" in first
+    assert second == f"- {found.sentence()}" and "right better" in second
+    assert "No record run of other is committed yet" in record_findings("other", root=tmp_path / "kept")
+    with pytest.raises(KeyError, match="no comparison 'absent'"):
+        record_findings("demo", ["absent"], root=tmp_path / "kept")

@@ -13,7 +13,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -129,6 +129,28 @@ def provenance(record: dict[str, Any]) -> str:
             f"`{record.get('command', 'command not recorded')}`, {record.get('created', '?')[:10]}, "
             f"{minutes:.1f} min on {env.get('cpu_count', '?')} cores of {cpu.get('model', env.get('device', '?'))} "
             f"({flags}), {precision}, {record.get('model', '?')}")
+
+
+def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile: str = "record",
+                    root: Optional[os.PathLike] = None) -> str:
+    """A committed record's findings, for a chapter to print next to its own run: one line of
+    provenance, then the generated sentence of each stored comparison (``keys``: which ones,
+    in that order; default all). Says so when the record was never made.
+
+    Example:
+        >>> print(record_findings("sentence_pair_classification", ["rte_vs_majority"]))
+    """
+    record = load_record(chapter, profile, root)
+    if record is None:
+        return (f"No {profile} run of {chapter} is committed yet: `make records-<part>` makes one "
+                f"(benchmarks/results/chapters/{chapter}.{profile}.json).")
+    comparisons = record.get("metrics", {}).get("comparisons", {})
+    chosen = list(keys) if keys is not None else list(comparisons)
+    missing = [k for k in chosen if k not in comparisons]
+    if missing:
+        raise KeyError(f"{chapter}.{profile}.json has no comparison {', '.join(map(repr, missing))} "
+                       f"(it has {', '.join(map(repr, comparisons))}).")
+    return "\n".join([f"The {provenance(record)}:"] + [f"- {comparisons[k]['sentence']}" for k in chosen])
 
 
 def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.PathLike] = None,
