@@ -256,3 +256,22 @@ def test_bad_input_names_the_fix(tokenizer):
         tokenize_pairs(tokenizer, ["fine.", ""], ["ok.", "ok."])
     with pytest.raises(DataError, match="N rows"):
         train_classifier(MLPProbe(2), {"features": torch.zeros(3, 2)}, torch.zeros(2, dtype=torch.long))
+
+
+def test_train_classifier_scores_three_classes_with_macro_f1():
+    """Binary F1 is undefined for three classes (sklearn raises); the macro average is used."""
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(60, 4)
+    y = torch.arange(60) % 3
+    x[torch.arange(60), y] += 3.0  # separable: class c is large in feature c
+    _, history = train_classifier(Linear(), {"x": x}, y, eval_inputs={"x": x}, eval_labels=y, epochs=30,
+                                  learning_rate=0.05)
+    assert history[-1]["eval_f1"] > 0.9 and history[-1]["eval_accuracy"] > 0.9

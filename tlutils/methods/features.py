@@ -599,9 +599,14 @@ def predict_logits(model: nn.Module, inputs: Mapping[str, torch.Tensor], *, batc
 
 
 def _accuracy_f1(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and F1: of class 1 with two classes (as GLUE reports MRPC), else the macro
+    average over the classes (binary F1 is undefined for three)."""
     from tlutils.metrics import compute_metrics
 
-    return compute_metrics(logits, labels, ("accuracy", "f1"))
+    if logits.shape[-1] <= 2:
+        return compute_metrics(logits, labels, ("accuracy", "f1"))
+    scores = compute_metrics(logits, labels, ("accuracy", "macro_f1"))
+    return {"accuracy": scores["accuracy"], "f1": scores["macro_f1"]}
 
 
 def train_classifier(model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, *,
@@ -612,8 +617,12 @@ def train_classifier(model: nn.Module, inputs: Mapping[str, torch.Tensor], label
     """Train a small classifier ``model(**batch) -> logits`` with AdamW and cross-entropy.
 
     A plain loop for the chapter's small torch modules (:class:`SiamesePairClassifier` on
-    token ids, :class:`MLPProbe` on cached features); Hugging Face models go through
-    :func:`tlutils.train.fit`. The model is trained in place, on the device it is on (the
+    token ids, :class:`MLPProbe` on cached features); Hugging Face models and every method go
+    through :func:`tlutils.train.fit`. Why not ``fit`` here: these models train on tensors
+    already in memory, with the constant learning rate and no clipping of the classic
+    feature-extraction recipes the chapter reproduces, for hundreds of tiny steps (an MLP on
+    cached features), where ``fit``'s per-example dicts, padding and checkpoint machinery would
+    be most of the time; nothing here needs resuming or multiple processes. The model is trained in place, on the device it is on (the
     inputs stay where they are; each batch is moved), and returned. Runs are reproducible: the shuffling uses its own generator
     seeded with ``seed``, and dropout draws from torch's global generator, which is seeded
     with ``seed`` too.
@@ -634,7 +643,8 @@ def train_classifier(model: nn.Module, inputs: Mapping[str, torch.Tensor], label
     Returns:
         ``(model, history)``: one dict per epoch with ``epoch``, ``train_loss`` (mean over the
         epoch's steps), ``train_accuracy``/``train_f1`` (eval mode, after the epoch) and, with an
-        evaluation set, ``eval_accuracy``/``eval_f1``.
+        evaluation set, ``eval_accuracy``/``eval_f1`` (F1 of class 1 with two classes, the
+        macro average with more).
 
     Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
