@@ -555,31 +555,41 @@ def example_lengths(dataset: Any) -> list[int]:
 
 class _Indexed(torch.utils.data.Dataset):
     """A view of a tokenized split that yields only the model's columns, the labels, the
-    :data:`FLOAT_COLUMNS` it has, plus ``idx``. Takes a ``datasets.Dataset`` (its columns are
-    materialised once, for a fast ``__getitem__``) or any map-style dataset of dicts."""
+    :data:`FLOAT_COLUMNS` it has, plus ``idx``.
+
+    A ``datasets.Dataset`` stays in Arrow (memory-mapped): a batch is read with one columnar
+    lookup (``__getitems__``), so a full-size split (MNLI's 393k pairs) is never copied into
+    Python lists per process. Any other map-style dataset of dicts is read item by item.
+    """
 
     KEEP = (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS)
 
     def __init__(self, dataset: Any) -> None:
         columns = _column_names(dataset)
-        self.dataset = None if columns is not None else dataset
-        self.columns = ({c: list(dataset[c]) for c in self.KEEP if c in columns}
-                        if columns is not None else {})
+        self.arrow = columns is not None
+        if self.arrow:
+            dataset = dataset.select_columns([c for c in self.KEEP if c in columns]).with_format(None)
+        self.dataset = dataset
         self.n = len(dataset)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.dataset is not None:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        if self.arrow:
+            block = self.dataset[list(indices)]  # {column: [values of the batch]}
+            return [{**{c: values[j] for c, values in block.items()}, "idx": i} for j, i in enumerate(indices)]
+        items = []
+        for i in indices:
             raw = self.dataset[i]
             item = {k: v for k, v in raw.items() if k in self.KEEP}
             if "label" in raw and "labels" not in item:
                 item["labels"] = raw["label"]
-        else:
-            item = {c: values[i] for c, values in self.columns.items()}
-        item["idx"] = i
-        return item
+            items.append({**item, "idx": i})
+        return items
 
 
 def make_loader(
