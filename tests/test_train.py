@@ -281,3 +281,35 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     ha, hb = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "resumed"))
     assert ha["epochs"] == hb["epochs"]
     assert [s["loss"] for s in ha["steps"]] == [s["loss"] for s in hb["steps"]]
+
+
+def test_evaluation_every_n_steps_selects_among_them_and_logs_to_trackers(mrpc):
+    """eval_every for large data sets: mid-epoch evaluations join the selection; a tracker
+    passed through log_with receives the settings, the losses and the metrics."""
+    from accelerate.tracking import GeneralTracker
+
+    class Collect(GeneralTracker):
+        name, requires_logging_directory = "collect", False
+        logged, settings = [], {}
+
+        def __init__(self):
+            super().__init__()
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            Collect.settings = dict(values)
+
+        def log(self, values, step=None, **kwargs):
+            Collect.logged.append((step, dict(values)))
+
+    model, history = _run(mrpc, epochs=2, eval_every=2, log_with=[Collect()])  # 6 steps an epoch
+    assert [e["step"] for e in history.evaluations] == [2, 4, 6, 8, 10, 12]
+    scores = [e["eval_accuracy"] for e in history.evaluations]
+    assert history.best_score == max(scores) and history.best["eval_accuracy"] == max(scores)
+    assert history.epochs[0]["eval_accuracy"] == history.evaluations[2]["eval_accuracy"]  # step 6 = epoch 1
+    assert Collect.settings["batch_size"] == 8
+    assert sum("train/loss" in v for _, v in Collect.logged) == 12
+    assert [s for s, v in Collect.logged if "eval/accuracy" in v] == [2, 4, 6, 8, 10, 12]

@@ -67,6 +67,9 @@ class TrainConfig:
     progress: Optional[bool] = None  # None: on unless TLUTILS_PROGRESS=0
     cpu: bool = False  # force the CPU even when a GPU is visible
     compile: bool = False  # torch.compile the model: fewer, fused kernels (see benchmarks/gpu_check.py)
+    eval_every: Optional[int] = None  # also evaluate (and select) every N optimizer steps: large data sets
+    log_with: Optional[Any] = None  # accelerate trackers: "tensorboard", "wandb", ... or tracker objects
+    project_dir: Optional[str] = None  # where file-based trackers write (default: checkpoint_dir or "runs")
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
@@ -84,13 +87,15 @@ class History:
     main_metric: str
     steps: list[dict[str, float]] = field(default_factory=list)
     epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: Optional[int] = None
+    best_epoch: Optional[float] = None  # fractional for a mid-epoch evaluation (eval_every)
     best_score: Optional[float] = None
     train_seconds: float = 0.0
     train_samples: int = 0
     peak_memory_mb: float = 0.0
     mixed_precision: str = "no"
     stopped_early: bool = False
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # every N steps (eval_every)
+    best_step: Optional[int] = None  # the optimizer step of the best evaluation
 
     @property
     def samples_per_second(self) -> float:
@@ -98,10 +103,11 @@ class History:
 
     @property
     def best(self) -> dict[str, float]:
-        """The epoch record chosen as best (the last one when there was no evaluation)."""
+        """The evaluation chosen as best: an epoch's record, or a mid-epoch one (the last epoch
+        when there was no evaluation)."""
         if self.best_epoch is None:
             return self.epochs[-1] if self.epochs else {}
-        return next(e for e in self.epochs if e["epoch"] == self.best_epoch)
+        return next(e for e in (*self.epochs, *self.evaluations) if e["epoch"] == self.best_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -151,7 +157,8 @@ def default_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dic
 
 
 def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool = False,
-                     find_unused_parameters: bool = False) -> "Accelerator":
+                     find_unused_parameters: bool = False, log_with: Any = None,
+                     project_dir: Optional[str] = None) -> "Accelerator":
     """A fresh ``Accelerator`` for one run.
 
     ``accelerate`` keeps its settings in process-wide singletons, so a notebook that trains a
@@ -167,7 +174,8 @@ def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool 
     GradientState._reset_state()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps,
-                       cpu=cpu, step_scheduler_with_optimizer=True, kwargs_handlers=handlers)
+                       cpu=cpu, step_scheduler_with_optimizer=True, kwargs_handlers=handlers,
+                       log_with=log_with, project_dir=project_dir)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -355,6 +363,8 @@ def check_config(config: TrainConfig) -> None:
     if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
         raise ConfigError(f"early_stopping_patience={config.early_stopping_patience}: use None (never stop "
                           f"early) or the number of evaluations without improvement to wait (>= 1).")
+    if config.eval_every is not None and config.eval_every < 1:
+        raise ConfigError(f"eval_every={config.eval_every}: use None or a positive number of optimizer steps.")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"max_steps={config.max_steps}: use None or a positive number of optimizer steps.")
     if not 0 <= config.warmup_fraction < 1:
@@ -500,7 +510,11 @@ def fit(
     frozen_now = [p for g in groups for p in g["params"] if not p.requires_grad]
     # cpu=True also where no GPU is visible: accelerate sets up gloo (MULTI_CPU) only then
     accelerator = make_accelerator(precision, 1, config.cpu or not torch.cuda.is_available(),
-                                   find_unused_parameters=bool(frozen_now))
+                                   find_unused_parameters=bool(frozen_now), log_with=config.log_with,
+                                   project_dir=config.project_dir or config.checkpoint_dir or "runs")
+    if config.log_with is not None:  # the run's settings, then loss, rate and metrics as it goes
+        accelerator.init_trackers(task.name if task else "tlutils",
+                                  config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))})
     pad = pad_token_id if pad_token_id is not None else getattr(
         getattr(model, "config", None), "pad_token_id", 0) or 0
     # Lengths rounded up to a multiple of 8: tensor cores want it on GPUs, and on CPUs it bounds
@@ -614,6 +628,13 @@ def fit(
                                       "loss": value, "lr": scheduler.get_last_lr()[0]})
                 if show and state.global_step % 10 == 0:
                     bar.set_postfix(loss=f"{state.running_loss / state.running_seen:.4f}")
+                if config.log_with is not None:
+                    accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step)
+                if selecting and config.eval_every and state.global_step % config.eval_every == 0:
+                    point = {"step": state.global_step, "epoch": epoch + state.batch / batches_per_epoch}
+                    evaluate_and_select(point)
+                    history.evaluations.append(point)
+                    model.train()
                 if ckpt_dir is not None and config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
                     checkpoint()
                 for callback in callbacks:
@@ -641,11 +662,14 @@ def fit(
                                                 else score < history.best_score)
         if better:
             history.best_score, history.best_epoch, state.bad_epochs = score, record["epoch"], 0
+            history.best_step = state.global_step
             if config.select_best:
                 weights = accelerator.unwrap_model(model).state_dict()
                 best_state = {k: v.detach().cpu().clone() for k, v in weights.items()}
         else:
             state.bad_epochs += 1
+        if config.log_with is not None:
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
 
     tqdm = _tqdm()
     show = _progress_enabled(config.progress) and accelerator.is_local_main_process
@@ -669,7 +693,9 @@ def fit(
             history.train_samples += int(totals[1])
             record = {"epoch": epoch + 1, "train_loss": float(totals[0]) / seen,
                       **{k: float(v) / seen for k, v in zip(sorted(state.running_stats), totals[2:])}}
-            if selecting:
+            if selecting and history.evaluations and history.evaluations[-1]["step"] == state.global_step:
+                record.update({k: v for k, v in history.evaluations[-1].items() if k.startswith("eval_")})
+            elif selecting:  # (not twice for the same weights when eval_every ends on the epoch)
                 evaluate_and_select(record)
             history.epochs.append(record)
             for callback in epoch_callbacks:
@@ -682,6 +708,8 @@ def fit(
     finally:  # also after an error: the caller's model without accelerate's wrappers, in eval mode
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         model.eval()
+        if config.log_with is not None:
+            accelerator.end_training()
     history.stopped_early = (config.early_stopping_patience is not None
                              and state.bad_epochs >= config.early_stopping_patience
                              and len(history.epochs) < config.epochs)
