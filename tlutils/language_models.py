@@ -137,6 +137,13 @@ def train_language_model(model: WindowLanguageModel, sequences: Sequence[Sequenc
     Batches are drawn with a ``torch.Generator`` seeded by ``seed`` (the global RNG is not
     used); gradients are clipped to norm 1.
 
+    Why a loop of its own and not :func:`tlutils.train.fit`: the chapter shows the whole
+    language-model recipe (sample windows, predict the next token, cross-entropy, step) on one
+    screen, for a model of a few hundred thousand parameters trained for a few hundred random
+    batches, with replacement, not in epochs. A transformer language model trains through
+    ``fit``: a ``collate_fn`` builds its (masked or shifted) batches and an ``eval_fn`` returns
+    its held-out loss (``select_metric="loss", greater_is_better=False``).
+
     Returns:
         the training loss of every step (nats per token).
     """
