@@ -26,15 +26,19 @@ EXECUTED = sorted(p.stem for p in (REPO / "book").rglob("*.md")
                   if "kernelspec:" in p.read_text()[:800] and "save_results(" in p.read_text())
 
 
-def record(chapter: str) -> dict:
-    path = RECORDS / f"{chapter}.small.json"
-    assert path.is_file(), f"{path} is missing: run `make book` (small profile) and commit the record"
+RECORDED = sorted(p.name.split(".")[0] for p in RECORDS.glob("*.record.json"))
+
+
+def record(chapter: str, profile: str = "small") -> dict:
+    path = RECORDS / f"{chapter}.{profile}.json"
+    command = "make book` (small profile)" if profile == "small" else f"make records-<part>` ({profile} profile)"
+    assert path.is_file(), f"{path} is missing: run `{command} and commit the record"
     return json.loads(path.read_text())
 
 
-def comparison(chapter: str, name: str) -> dict:
+def comparison(chapter: str, name: str, profile: str = "small") -> dict:
     """One stored comparison of a chapter's record (see ``tlutils.stats.Comparison.as_dict``)."""
-    comparisons = record(chapter)["metrics"].get("comparisons", {})
+    comparisons = record(chapter, profile)["metrics"].get("comparisons", {})
     assert name in comparisons, f"{chapter}: no comparison {name!r} (has {sorted(comparisons)})"
     return comparisons[name]
 
@@ -48,9 +52,24 @@ def test_every_executed_chapter_has_a_small_record(chapter):
     assert r["environment"]["precision"] in ("no", "bf16") and "flags" in r["environment"]["cpu"]
 
 
-@pytest.mark.parametrize("chapter", EXECUTED)
-def test_every_record_declares_its_main_comparison_with_a_consistent_verdict(chapter):
-    m = record(chapter)["metrics"]
+@pytest.mark.parametrize("chapter", RECORDED)
+def test_record_runs_pin_fp32_and_say_how_they_were_made(chapter):
+    r = record(chapter, "record")
+    assert r["profile"] == "record" and r["chapter"] == chapter and r["model"] == "minilm"
+    assert r["environment"]["precision"] == "no" and "flags" in r["environment"]["cpu"]
+    part = next(p.parent.name for p in (REPO / "book").rglob(f"{chapter}.md"))
+    assert r["command"] == f"make records-{part}"
+
+
+@pytest.mark.parametrize("chapter", RECORDED)
+def test_a_chapter_with_a_record_run_prints_it(chapter):
+    source = next((REPO / "book").rglob(f"{chapter}.md")).read_text()
+    assert f'record_findings("{chapter}"' in source, f"{chapter}: print its record with record_findings"
+
+
+@pytest.mark.parametrize("chapter, profile", [(c, "small") for c in EXECUTED] + [(c, "record") for c in RECORDED])
+def test_every_record_declares_its_main_comparison_with_a_consistent_verdict(chapter, profile):
+    m = record(chapter, profile)["metrics"]
     comparisons = m.get("comparisons", {})
     assert comparisons and m.get("main_comparison") in comparisons, \
         f"{chapter}: store its comparisons (tlutils.stats) and name the main one"
