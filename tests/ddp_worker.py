@@ -1,6 +1,7 @@
 """One rank of a data-parallel ``fit`` run, for tests/test_distributed.py.
 
-Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE] [unfreeze]
+Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE] [unfreeze|nan]
+(``nan``: rank 1's loss is NaN at its third step; each rank records whether it raised).
 (or plain ``python`` for the one-process reference). Each rank writes OUT_DIR/rank<r>.json:
 the examples of every batch it trained on, its learning rates, its history and a digest of
 its final weights.
@@ -17,6 +18,7 @@ from tlutils.config import get_profile, set_seed
 from tlutils.data import PadCollator, load_task, tokenize_task
 from tlutils.methods.finetune import GradualUnfreezing
 from tlutils.models import load_model, load_tokenizer
+from tlutils.errors import NonFiniteLossError
 from tlutils.train import TrainConfig, fit
 
 
@@ -24,6 +26,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     batch_size = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     unfreeze = "unfreeze" in sys.argv[3:]  # gradual unfreezing: layers join the training later
+    nan = "nan" in sys.argv[3:]
     cfg = get_profile("smoke")
     set_seed(0)
     data = load_task("mrpc", max_train_examples=96, max_eval_examples=32)
@@ -43,9 +46,25 @@ def main() -> None:
     if unfreeze:
         unfreezer = GradualUnfreezing(model, every=2)
         extra = {"param_groups": unfreezer.param_groups(1e-3, 0.0), "callbacks": [unfreezer]}
+    rank = int(__import__("os").environ.get("RANK", "0"))
+    if nan:
+        calls = []
+
+        def nan_on_rank1(model_, batch):
+            calls.append(1)
+            loss = model_(**batch).loss
+            return (loss * float("nan") if rank == 1 and len(calls) == 3 else loss), {}
+
+        try:
+            fit(model, encoded["train"], task="mrpc", config=config, loss_fn=nan_on_rank1)
+            raised = ""
+        except NonFiniteLossError as err:
+            raised = str(err)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"rank{rank}.json").write_text(json.dumps({"raised": raised, "steps": len(calls)}))
+        return
     history = fit(model, encoded["train"], encoded["validation"], task="mrpc", config=config,
                   collate_fn=collate, **extra)
-    rank = int(__import__("os").environ.get("RANK", "0"))
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
