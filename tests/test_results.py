@@ -160,3 +160,19 @@ def test_record_findings_print_provenance_and_the_stored_sentences(tmp_path, mon
     assert "No record run of other is committed yet" in record_findings("other", root=tmp_path / "kept")
     with pytest.raises(KeyError, match="no comparison 'absent'"):
         record_findings("demo", ["absent"], root=tmp_path / "kept")
+
+
+def test_record_findings_read_nested_sections_and_skip_empty_ones(tmp_path):
+    from tlutils.results import record_findings
+    from tlutils.stats import compare
+
+    import numpy as np
+
+    y = np.array([0, 1] * 50)
+    one = compare(y, y, 1 - y, names=("a", "b")).as_dict()
+    record = {"chapter": "demo", "profile": "record", "environment": {}, "created": "2026-11-29",
+              "metrics": {"comparisons": {"x": one}, "over_seeds": one, "sweep": {"comparisons": {"t": one}},
+                          "empty": None}}
+    (tmp_path / "demo.record.json").write_text(json.dumps(record))
+    text = record_findings("demo", root=tmp_path, sections=("comparisons", "over_seeds", "sweep.comparisons", "empty"))
+    assert text.count(one["sentence"]) == 3

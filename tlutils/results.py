@@ -132,10 +132,17 @@ def provenance(record: dict[str, Any]) -> str:
 
 
 def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile: str = "record",
-                    root: Optional[os.PathLike] = None) -> str:
+                    root: Optional[os.PathLike] = None,
+                    sections: Sequence[str] = ("comparisons",)) -> str:
     """A committed record's findings, for a chapter to print next to its own run: one line of
-    provenance, then the generated sentence of each stored comparison (``keys``: which ones,
-    in that order; default all). Says so when the record was never made.
+    provenance, then the generated sentence of each stored comparison. Says so when the record
+    was never made.
+
+    Args:
+        keys: which comparisons of ``metrics["comparisons"]``, in that order (default all).
+        sections: where the record keeps comparisons: dotted paths into its metrics, each a
+            dict of stored comparisons or one (e.g. ``"main_over_seeds"``, ``"sweep.comparisons"``);
+            an empty or missing section is skipped.
 
     Example:
         >>> print(record_findings("sentence_pair_classification", ["rte_vs_majority"]))
@@ -144,13 +151,21 @@ def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile:
     if record is None:
         return (f"No {profile} run of {chapter} is committed yet: `make records-<part>` makes one "
                 f"(benchmarks/results/chapters/{chapter}.{profile}.json).")
-    comparisons = record.get("metrics", {}).get("comparisons", {})
-    chosen = list(keys) if keys is not None else list(comparisons)
-    missing = [k for k in chosen if k not in comparisons]
-    if missing:
-        raise KeyError(f"{chapter}.{profile}.json has no comparison {', '.join(map(repr, missing))} "
-                       f"(it has {', '.join(map(repr, comparisons))}).")
-    return "\n".join([f"The {provenance(record)}:"] + [f"- {comparisons[k]['sentence']}" for k in chosen])
+    lines = [f"The {provenance(record)}:"]
+    for section in sections:
+        found: Any = record.get("metrics", {})
+        for part in section.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if not found:
+            continue
+        stored = {"": found} if "sentence" in found else found
+        chosen = list(keys) if keys is not None and section == "comparisons" else list(stored)
+        missing = [k for k in chosen if k not in stored]
+        if missing:
+            raise KeyError(f"{chapter}.{profile}.json has no comparison {', '.join(map(repr, missing))} "
+                           f"(it has {', '.join(map(repr, stored))}).")
+        lines += [f"- {stored[k]['sentence']}" for k in chosen]
+    return "\n".join(lines)
 
 
 def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.PathLike] = None,
