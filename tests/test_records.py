@@ -267,3 +267,42 @@ def test_terms_text_findings():
     # out-of-vocabulary rates grow across domains, and each domain's own vocabulary is its best
     for gap in m["vocabulary"]["diagonal_gap"].values():
         assert gap["in_domain"] < gap["cross_domain"] and gap["columns_lowest_on_diagonal"] == gap["columns"]
+
+
+# --------------------------------------------------------------------------- record runs
+# `make records-<part>`: whole training splits, fp32. What they resolve, and what even they do not.
+
+
+def test_record_running_example_resolves_mrpc_but_not_rte():
+    """All of MRPC's training pairs: pretrained still beats its random twin, which now leaves
+    the floor; all of RTE's 2,490 pairs for two epochs still do not tell MiniLM from the
+    majority answer on 277 pairs."""
+    main = comparison("sentence_pair_classification", "pretrained_vs_scratch", "record")
+    assert main["verdict"] == "A better" and main["low"] > 0
+    assert comparison("sentence_pair_classification", "rte_vs_majority", "record")["verdict"] == "not resolved"
+    m = record("sentence_pair_classification", "record")["metrics"]
+    assert m["rte"]["train_examples"] == 2490 and not m["mrpc"]["scratch"]["at_majority_class"]
+
+
+def test_record_pretrained_and_transfer_strategies_stay_unresolved():
+    main = record("pretrained_and_transfer", "record")["metrics"]["main_comparison"]
+    assert comparison("pretrained_and_transfer", main, "record")["verdict"] == "not resolved"
+
+
+def test_record_terms_text_neural_model_overtakes_the_bigram_with_five_times_the_steps():
+    """At 200 steps (small) the bigram wins; at 1,000 steps (record) the neural model does;
+    label smoothing's calibration effect stays unresolved on all of MRPC's training pairs."""
+    comparisons = record("terms_text", "record")["metrics"]["comparisons"]
+    neural_vs_bigram = next(c for k, c in comparisons.items() if k.startswith("neural, 1000 steps vs bigram"))
+    assert neural_vs_bigram["verdict"] == "A better"
+    small = record("terms_text")["metrics"]["comparisons"]
+    assert next(c for k, c in small.items() if k.startswith("neural, 200 steps vs bigram"))["verdict"] == "B better"
+    main = record("terms_text", "record")["metrics"]["main_comparison"]
+    assert comparisons[main]["verdict"] == "not resolved"
+
+
+def test_record_terms_transfer_domain_shift_resolved_self_training_not():
+    comparisons = record("terms_transfer", "record")["metrics"]["comparisons"]
+    main = comparisons["in-domain vs cross-domain probe (accuracy)"]
+    assert main["verdict"] == "A better" and main["low"] > 0.05
+    assert all(c["verdict"] == "not resolved" for k, c in comparisons.items() if k.startswith("self-trained"))
