@@ -176,3 +176,10 @@ def test_record_findings_read_nested_sections_and_skip_empty_ones(tmp_path):
     (tmp_path / "demo.record.json").write_text(json.dumps(record))
     text = record_findings("demo", root=tmp_path, sections=("comparisons", "over_seeds", "sweep.comparisons", "empty"))
     assert text.count(one["sentence"]) == 3
+
+
+def test_environment_records_the_commit():
+    from tlutils.results import environment
+
+    commit = environment()["commit"]
+    assert commit is None or len(commit.rstrip("+")) >= 7

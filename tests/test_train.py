@@ -166,6 +166,14 @@ def test_a_model_with_too_few_outputs_is_refused_before_training():
         fit(model, encoded["train"], encoded["validation"], task="snli", config=_config(epochs=1))
 
 
+def test_examples_without_a_hard_label_pass_the_label_check(mrpc):
+    """-100 is cross-entropy's ignore index: distillation's unlabelled transfer pairs carry it."""
+    train = mrpc["train"].map(lambda row, i: {"labels": -100 if i % 2 else row["labels"]}, with_indices=True)
+    set_seed(0)
+    history = fit(load_model("tiny-bert", 2, seed=0), train, task="mrpc", config=_config(epochs=1))
+    assert math.isfinite(history.epochs[0]["train_loss"])
+
+
 def test_resume_with_other_settings_is_refused(mrpc, tmp_path):
     _run(mrpc, epochs=1, checkpoint_dir=str(tmp_path))
     model = load_model("tiny-bert", 2, seed=0)

@@ -65,7 +65,27 @@ def environment(precision: Optional[str] = None) -> dict[str, Any]:
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "device": device,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu": cpu_info(), "precision": resolve_mixed_precision(precision or "auto")}
+            "cpu": cpu_info(), "precision": resolve_mixed_precision(precision or "auto"),
+            "commit": git_commit()}
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the code that made a record (``+`` when the tree had changes), if in git."""
+    import subprocess
+
+    root = project_root()
+    if root is None:
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
@@ -128,7 +148,8 @@ def provenance(record: dict[str, Any]) -> str:
     return (f"{record.get('profile', '?')} run of {record.get('chapter', '?')}: "
             f"`{record.get('command', 'command not recorded')}`, {record.get('created', '?')[:10]}, "
             f"{minutes:.1f} min on {env.get('cpu_count', '?')} cores of {cpu.get('model', env.get('device', '?'))} "
-            f"({flags}), {precision}, {record.get('model', '?')}")
+            f"({flags}), {precision}, {record.get('model', '?')}"
+            + (f", commit {env['commit']}" if env.get("commit") else ""))
 
 
 def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile: str = "record",

@@ -339,6 +339,8 @@ class TrainState:
         return state
 
 
+IGNORE_INDEX = -100  # cross-entropy's ignore_index: an example without a hard label
+
 RESUME_KEYS = ("epochs", "learning_rate", "weight_decay", "warmup_fraction", "batch_size",
                "grad_accum_steps", "seed", "group_by_length", "max_steps")
 
@@ -385,7 +387,9 @@ def check_labels(model: torch.nn.Module, task: Optional[TaskSpec], data: Any) ->
                           f"(load_model(name, {task.num_labels})).")
     columns = getattr(data, "column_names", None)
     if outputs is not None and isinstance(columns, list) and "labels" in columns and len(data):
-        labels = data["labels"]
+        labels = [y for y in data["labels"] if y != IGNORE_INDEX]  # -100: no hard label (distillation)
+        if not labels:
+            return
         low, high = min(labels), max(labels)
         if low < 0 or high >= outputs:
             raise ConfigError(f"Labels run from {low} to {high} but the model has {outputs} outputs: "
