@@ -169,8 +169,9 @@ def test_distillation_teaches_the_random_student_not_the_one_built_from_the_teac
     # the main comparison: the random student learns more from the teacher than from the gold labels
     assert main["verdict"] == "A better" and main["low"] > 0 and main["p_adjusted"] is None
     # further comparisons, Holm-corrected over four
+    # the same arms by MCC: the unadjusted interval is above zero, but not after Holm over four
     mcc = comparison("distillation", "random small (distilled) vs random small (hard labels) (mcc)")
-    assert mcc["family_size"] == 4 and mcc["verdict"] == "A better" and mcc["low"] > 0
+    assert mcc["family_size"] == 4 and mcc["verdict"] == "not resolved" and mcc["low"] > 0 and mcc["p_adjusted"] > 0.05
     a = comparison("distillation", "from-teacher (distilled) vs from-teacher (hard labels) (accuracy)")
     assert a["family_size"] == 4 and a["verdict"] == "not resolved" and a["low"] < 0 < a["high"]
     for student in ("from-teacher", "random small"):  # each distilled student stays below its teacher
@@ -190,8 +191,11 @@ def test_pretrained_and_transfer_findings():
     assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
     for name in ("end-to-end vs partial (accuracy)", "progressive vs partial (accuracy)"):
         assert c[name]["verdict"] == "not resolved" and c[name]["family_size"] == 2, name
-    assert not any(run["at_majority_class"] for run in m["runs"].values())
-    assert all(run["mcc"] > 0.1 for run in m["runs"].values())
+    # the partial run (top layers only, one epoch) sits at the majority-class floor, and the
+    # chapter says so in a generated sentence; the other two learned beyond it
+    floor = {name for name, run in m["runs"].items() if run["at_majority_class"]}
+    assert floor == {"partial"}
+    assert all(m["runs"][name]["mcc"] > 0.1 for name in ("end-to-end", "progressive"))
     # zero-shot: the pretrained encoder's cosine ranks no better than a random network's (Holm, 7)
     zero_shot = c["pretrained, zero-shot vs random weights (auc)"]
     assert zero_shot["verdict"] == "not resolved" and zero_shot["low"] < 0 < zero_shot["high"]
@@ -245,7 +249,9 @@ def test_terms_text_findings():
     main = c[m["main_comparison"]]
     assert m["main_comparison"] == "label smoothing 0.1 vs cross-entropy (calibration_score)"
     assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
-    assert c["label smoothing 0.1 vs cross-entropy (accuracy)"]["verdict"] == "not resolved"
+    # accuracy, the further comparison: +0.010 here (Holm over one), not resolved in the record run
+    accuracy = c["label smoothing 0.1 vs cross-entropy (accuracy)"]
+    assert accuracy["verdict"] == "A better" and accuracy["low"] > 0
     ls = m["label_smoothing"]
     assert not ls["cross-entropy"]["at_majority_class"] and not ls["label smoothing 0.1"]["at_majority_class"]
     assert ls["label smoothing 0.1"]["mean_confidence"] < ls["cross-entropy"]["mean_confidence"]
@@ -299,6 +305,8 @@ def test_record_terms_text_neural_model_overtakes_the_bigram_with_five_times_the
     assert next(c for k, c in small.items() if k.startswith("neural, 200 steps vs bigram"))["verdict"] == "B better"
     main = record("terms_text", "record")["metrics"]["main_comparison"]
     assert comparisons[main]["verdict"] == "not resolved"
+    # the small run's accuracy gain of label smoothing (+0.010) does not hold on all the pairs
+    assert comparisons["label smoothing 0.1 vs cross-entropy (accuracy)"]["verdict"] == "not resolved"
 
 
 def test_record_terms_transfer_domain_shift_resolved_self_training_not():
