@@ -16,3 +16,4 @@ def test_bench_compares_fit_with_both_trainers_and_the_machine_limit(tmp_path):
     assert 0 < record["fraction_of_machine_limit"] < 1.5
     assert {v["verdict"] for v in record["validation_verdicts"].values()} <= {"A better", "B better", "not resolved"}
     assert "machine's limit" in done.stdout
+    assert all(isinstance(r["at_majority_class"], bool) for r in record["results"].values())
