@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tlutils.bench import matmul_tflops, training_flops  # noqa: E402
 from tlutils.config import resolve_mixed_precision, set_seed  # noqa: E402
 from tlutils.data import get_task, read_jsonl  # noqa: E402
 from tlutils.train import TrainConfig, fit, predict  # noqa: E402
@@ -81,24 +82,6 @@ def prepare(assets: Path) -> None:
     print(f"prepared {assets}: {size:.1f} MiB")
 
 
-def matmul_tflops(n: int, dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
-    """Measured TFLOP/s of an n x n x n matrix product (mean of ``repeats`` after 3 warm-ups)."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    sync(device)
-    began = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - began) / 1e12
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def precision_rule() -> dict[str, str]:
     """``auto`` on GPUs of each generation, with the capability mocked (a T4 is sm_75)."""
     out = {}
@@ -128,14 +111,6 @@ def synthetic_examples(n: int, seq: int, vocab: int = 30522, seed: int = 0) -> l
             for row, y in zip(ids, labels)]
 
 
-def training_flops_per_sample(model: torch.nn.Module, layers: int, hidden: int, seq: int) -> float:
-    """``(6 N + 12 L d T) * T``: PaLM's count (Chowdhery et al. 2022, appendix B), N without
-    the embeddings."""
-    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
-    n = sum(p.numel() for p in model.parameters()) - embeddings
-    return (6 * n + 12 * layers * hidden * seq) * seq
-
-
 def throughput(sizes: dict[str, int], precision: str, device: torch.device, peak: float,
                datasheet: float | None, cpu: bool, compile: bool = False) -> dict[str, Any]:
     """fit on a random BERT: samples/s and MFU over the steps after ``warm_steps`` (the first
@@ -149,7 +124,7 @@ def throughput(sizes: dict[str, int], precision: str, device: torch.device, peak
     history = fit(model, data, config=config, callbacks=[lambda state: times.append(time.perf_counter())])
     timed = times[sizes["warm_steps"]:]  # each after an optimizer step (the step's loss is synchronised)
     samples_per_second = sizes["batch"] * (len(timed) - 1) / (timed[-1] - timed[0])
-    per_sample = training_flops_per_sample(model, sizes["layers"], sizes["hidden"], sizes["seq"])
+    per_sample = training_flops(model, sizes["seq"])
     achieved = per_sample * samples_per_second / 1e12
     return {"model": f"random BERT, {sizes['layers']} layers, {sizes['hidden']} hidden, {sizes['seq']} tokens",
             "compiled": compile, "parameters": sum(p.numel() for p in model.parameters()),
@@ -226,7 +201,7 @@ def run(assets: Path, out: Path, dry_run: bool) -> dict[str, Any]:
         "precision_rule": precision_rule()}
     began = time.perf_counter()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    report["matmul_tflops"] = peak = matmul_tflops(sizes["matmul"], dtype, device)
+    report["matmul_tflops"] = peak = matmul_tflops(sizes["matmul"], dtype, device, repeats=10, warmups=3)
     datasheet = next((v for k, v in DATASHEET_TFLOPS.items() if k in name), None)
     report["datasheet_tflops"] = datasheet
     report["throughput"] = throughput(sizes, precision, device, peak, datasheet, cpu)

@@ -63,23 +63,40 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
             "limit": machine_limit(model, lengths, history.mixed_precision)}
 
 
-def machine_limit(model: Any, lengths: list[int], precision: str) -> dict[str, float]:
-    """The machine's own limit for this training: training FLOPs per pair at these lengths
-    (``6 N T + 12 L d T^2``, Chowdhery et al. 2022, PaLM, appendix B; N without embeddings)
-    over the measured peak of a 2048^3 matrix product in the precision used."""
-    import torch
-
+def training_flops(model: Any, length: int) -> float:
+    """Training FLOPs of one example of ``length`` tokens: ``(6 N + 12 L d T) T`` (Chowdhery et
+    al. 2022, PaLM, appendix B; N the parameters without the embeddings, L layers, d hidden)."""
     config = model.config
     embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     n = sum(p.numel() for p in model.parameters()) - embeddings
-    flops = sum(6 * n * t + 12 * config.num_hidden_layers * config.hidden_size * t * t for t in lengths) / len(lengths)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = (torch.randn(2048, 2048, dtype=dtype) for _ in range(2))
-    a @ b
-    began = time.perf_counter()
-    for _ in range(5):
+    return (6 * n + 12 * config.num_hidden_layers * config.hidden_size * length) * length
+
+
+def matmul_tflops(n: int, dtype: Any, device: Any = "cpu", repeats: int = 5, warmups: int = 1) -> float:
+    """Measured TFLOP/s of an n x n x n matrix product (mean of ``repeats`` after ``warmups``)."""
+    import torch
+
+    device = torch.device(device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(warmups):
         a @ b
-    peak = 2 * 2048**3 * 5 / (time.perf_counter() - began)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - began) / 1e12
+
+
+def machine_limit(model: Any, lengths: list[int], precision: str) -> dict[str, float]:
+    """The machine's own limit for this training: :func:`training_flops` per pair at these
+    lengths over the measured peak of a 2048^3 matrix product in the precision used."""
+    import torch
+
+    flops = sum(training_flops(model, t) for t in lengths) / len(lengths)
+    peak = matmul_tflops(2048, torch.bfloat16 if precision == "bf16" else torch.float32) * 1e12
     return {"flops_per_pair": flops, "matmul_peak_tflops": peak / 1e12, "pairs_per_second_limit": peak / flops}
 
 

@@ -472,10 +472,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        lengths = self.lengths if self.group_by_length else [0] * len(self.lengths)
-        if not self.group_by_length and not self.shuffle:
-            order = list(range(len(lengths)))[self.rank::self.num_replicas]
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        lengths = self.lengths if self.group_by_length else [0] * len(self.lengths)  # equal: stable sorts keep the order
         return length_grouped_batches(lengths, self.batch_size, self.seed, self.epoch, self.shuffle,
                                       num_replicas=self.num_replicas, rank=self.rank)
 

@@ -156,10 +156,10 @@ def default_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dic
     return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss, {}
 
 
-def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool = False,
-                     find_unused_parameters: bool = False, log_with: Any = None,
-                     project_dir: Optional[str] = None) -> "Accelerator":
-    """A fresh ``Accelerator`` for one run.
+def make_accelerator(mixed_precision: str, cpu: bool = False, find_unused_parameters: bool = False,
+                     log_with: Any = None, project_dir: Optional[str] = None) -> "Accelerator":
+    """A fresh ``Accelerator`` for one run (``fit`` accumulates gradients and steps its
+    schedule itself, so neither is handed to accelerate).
 
     ``accelerate`` keeps its settings in process-wide singletons, so a notebook that trains a
     bf16 model and then an fp32 one would fail ("AcceleratorState has already been
@@ -173,8 +173,7 @@ def make_accelerator(mixed_precision: str, grad_accum_steps: int = 1, cpu: bool 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps,
-                       cpu=cpu, step_scheduler_with_optimizer=True, kwargs_handlers=handlers,
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers,
                        log_with=log_with, project_dir=project_dir)
 
 
@@ -504,17 +503,17 @@ def fit(
     if task is None and eval_data is not None and eval_fn is None:
         raise ConfigError("fit needs task= to score eval_data (its metrics), or an eval_fn.")
     check_labels(model, task, train_data)
-    precision = resolve_mixed_precision(config.mixed_precision,
-                                        cpu=config.cpu or not torch.cuda.is_available())
+    # cpu=True also where no GPU is visible: accelerate sets up gloo (MULTI_CPU) only then
+    on_cpu = config.cpu or not torch.cuda.is_available()
+    precision = resolve_mixed_precision(config.mixed_precision, cpu=on_cpu)
     groups = param_groups if param_groups is not None else weight_decay_groups(
         model, config.learning_rate, config.weight_decay)
     # Parameters in the optimizer that are frozen now and trained later (gradual unfreezing):
     # DDP registers its all-reduce hooks only for parameters that require grad when it wraps
     # the model, so they are unfrozen for the wrap, and DDP is told some may get no gradient.
     frozen_now = [p for g in groups for p in g["params"] if not p.requires_grad]
-    # cpu=True also where no GPU is visible: accelerate sets up gloo (MULTI_CPU) only then
-    accelerator = make_accelerator(precision, 1, config.cpu or not torch.cuda.is_available(),
-                                   find_unused_parameters=bool(frozen_now), log_with=config.log_with,
+    accelerator = make_accelerator(precision, on_cpu, find_unused_parameters=bool(frozen_now),
+                                   log_with=config.log_with,
                                    project_dir=config.project_dir or config.checkpoint_dir or "runs")
     if config.log_with is not None:  # the run's settings, then loss, rate and metrics as it goes
         accelerator.init_trackers(task.name if task else "tlutils",
