@@ -2,8 +2,12 @@
 # and `make test` (the test suite, smoke profile). `make help` lists the rest.
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
 JB ?= $(if $(wildcard .venv/bin/jupyter-book),.venv/bin/jupyter-book,jupyter-book)
-DATA ?= $(abspath ../shared/data)
+# The staged data folder when it exists; otherwise TLUTILS_DATA_DIR stays unset and the chapters
+# read the Hugging Face hub (see README, "Work offline").
+DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data))
+ifneq ($(DATA),)
 export TLUTILS_DATA_DIR ?= $(DATA)
+endif
 export TQDM_DISABLE ?= 1
 export TLUTILS_PROGRESS ?= 0
 
