@@ -73,6 +73,22 @@ def isolated_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return out
 
 
+def stray_warnings(executed: Path) -> list[str]:
+    """The Python warnings an executed notebook printed to stderr (``file:line: XWarning: ...``),
+    one entry per warning with the number of the cell that printed it: a reader of the HTML book
+    would see each as a red block, often with the build machine's paths in it."""
+    import re
+
+    import nbformat
+
+    found = []
+    for number, cell in enumerate(nbformat.read(str(executed), as_version=4).cells):
+        for output in cell.get("outputs", ()):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                found += [f"cell {number}: {m}" for m in re.findall(r"\w*Warning: [^\n]*", output.get("text", ""))]
+    return found
+
+
 @pytest.fixture
 def run_chapter(tmp_path, monkeypatch):
     """Execute a chapter's `.ipynb` twin with papermill in the smoke profile and return its
@@ -83,9 +99,13 @@ def run_chapter(tmp_path, monkeypatch):
 
     def run(chapter: str, **parameters) -> dict:
         notebook = REPO / "book" / f"{chapter}.ipynb"
-        pm.execute_notebook(str(notebook), str(tmp_path / notebook.name),
+        executed = tmp_path / notebook.name
+        pm.execute_notebook(str(notebook), str(executed),
                             parameters={"PROFILE": "smoke", "SEED": 0, **parameters},
                             cwd=str(notebook.parent), kernel_name="python3", progress_bar=False)
+        warnings = stray_warnings(executed)
+        assert not warnings, (f"{chapter} prints warnings that the published page would show; fix them "
+                              f"at their source: {warnings}")
         return json.loads((tmp_path / "outputs" / notebook.stem / "metrics.json").read_text())
 
     return run
