@@ -189,6 +189,60 @@ def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile:
     return "\n".join(lines)
 
 
+def stored_comparisons(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Every comparison stored anywhere in a record's metrics, by dotted path.
+
+    A stored comparison is what :meth:`tlutils.stats.Comparison.as_dict` wrote (it has a
+    ``verdict`` and a generated ``sentence``); ``comparisons.full_vs_head_only`` and
+    ``sweep.comparisons.T=4`` are paths of this kind.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and "verdict" in value and "sentence" in value:
+            found[path] = value
+        elif isinstance(value, dict):
+            found.update(stored_comparisons(value, f"{path}."))
+    return found
+
+
+FINDING_FIELDS = ("chapter", "profile", "path", "main", "a", "b", "metric", "value_a", "value_b",
+                  "difference", "low", "high", "n", "method", "p_adjusted", "family_size", "verdict",
+                  "sentence")
+
+
+def findings(root: Optional[os.PathLike] = None,
+             profiles: Sequence[str] = ("small", "record", "full")) -> list[dict[str, Any]]:
+    """One row per comparison in every committed record: what the book found, run by run.
+
+    Rows carry the record's chapter and profile, the comparison's dotted path in the metrics,
+    whether it is the chapter's main comparison (``metrics["main_comparison"]``), and the stored
+    fields of :meth:`tlutils.stats.Comparison.as_dict` (arms, metric, values, interval, verdict,
+    generated sentence). Nothing is recomputed: the verdicts are the ones the chapters printed.
+
+    Args:
+        root: the records folder (default ``benchmarks/results/chapters`` of the project).
+        profiles: which records to read.
+
+    Returns:
+        rows (dicts with :data:`FINDING_FIELDS`), ordered by chapter, profile, path.
+    """
+    base = Path(root) if root else (project_root() or Path.cwd()) / RECORDS_DIR
+    rows = []
+    for path in sorted(base.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("profile") not in profiles:
+            continue
+        metrics = record.get("metrics", {})
+        main = metrics.get("main_comparison")
+        for where, c in stored_comparisons(metrics).items():
+            row = {"chapter": record.get("chapter"), "profile": record.get("profile"), "path": where,
+                   "main": main is not None and where == f"comparisons.{main}",
+                   **{f: c.get(f) for f in FINDING_FIELDS[4:]}}
+            rows.append(row)
+    return rows
+
+
 def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.PathLike] = None,
                  profiles: tuple[str, ...] = ("small", "record", "full")) -> list[Path]:
     """Copy the results files of real (not smoke) runs to the committed records folder.
