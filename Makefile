@@ -1,5 +1,7 @@
 # Two jobs: `make book` (execute every chapter in the small profile, render _build/html)
-# and `make test` (the test suite, smoke profile). `make help` lists the rest.
+# and `make test` (the test suite, smoke profile). `make help` lists the rest. Neither writes
+# to tracked files: refreshing the committed records is an author step (`make records-small`,
+# `make records-<part>`).
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
 JB ?= $(if $(wildcard .venv/bin/jupyter-book),.venv/bin/jupyter-book,jupyter-book)
 # The staged data folder when it exists; otherwise TLUTILS_DATA_DIR stays unset and the chapters
@@ -11,12 +13,13 @@ endif
 export TQDM_DISABLE ?= 1
 export TLUTILS_PROGRESS ?= 0
 
-.PHONY: help install book book-smoke test test-fast sync bench times clean
+.PHONY: help install book book-smoke records-small test test-fast sync bench times clean
 
 help:
 	@echo "make install     install tlutils with the book and dev extras (pinned CPU torch)"
-	@echo "make book        execute every chapter (small profile), build _build/html, keep the records"
+	@echo "make book        execute every chapter (small profile) and build _build/html"
 	@echo "make book-smoke  the same in the smoke profile (about a minute)"
+	@echo "make records-small  author step: make book, then keep every chapter's results as its small record"
 	@echo "make records-P   record runs of part P (concepts, traditional): whole splits, 3 seeds, fp32"
 	@echo "make test        unit tests + chapter tests (smoke profile)"
 	@echo "make sync        regenerate the .ipynb twins from the .md chapters"
@@ -27,8 +30,15 @@ install:
 	$(PYTHON) -m pip install "torch==2.13.0" -e ".[book,dev]" -c constraints.txt
 
 book:
-	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} TLUTILS_RECORD_COMMAND="make book" $(JB) build . --all -W --keep-going
-	@$(PYTHON) -m tlutils.results --keep
+	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} TLUTILS_RECORD_COMMAND="$${TLUTILS_RECORD_COMMAND:-make book}" \
+	  $(JB) build . --all -W --keep-going
+	@$(PYTHON) -m tlutils.results
+
+# The author step behind the published book: the small-profile build, then each chapter's
+# results file kept as benchmarks/results/chapters/<chapter>.small.json (commit them after).
+records-small:
+	TLUTILS_PROFILE=small TLUTILS_RECORD_COMMAND="make records-small" $(MAKE) book
+	$(PYTHON) -m tlutils.results --keep
 
 # make records-concepts, make records-traditional, ...: every chapter of one part in the record
 # profile (whole splits, 3 seeds, fp32; <= 15 min a chapter, <= 90 min a part), kept as

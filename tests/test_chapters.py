@@ -141,3 +141,25 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
     assert "colab.research.google.com/github/tlbook/transfer-learning-nlp/blob/main/book/concepts/" \
            "sentence_pair_classification.ipynb" in page
     assert "Distilling the knowledge in a neural network" in (html / "book" / "references.html").read_text()
+
+
+def colab_install_cell() -> str:
+    """The hidden Colab cell every chapter starts with, made from ``_config.yml``'s repository
+    (its URL and branch are the one place the install source is written down)."""
+    import yaml
+
+    repo = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+    return ("# Colab only: install tlutils (does nothing anywhere else; Colab keeps its own PyTorch).\n"
+            "import subprocess\nimport sys\n\n"
+            'if "google.colab" in sys.modules:\n'
+            '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
+            f'                    "tlutils @ git+{repo["url"]}@{repo["branch"]}"], check=True)')
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c.name != "intro.md"], ids=[i for i in IDS if i != "intro.md"])
+def test_colab_install_cell_is_the_one_made_from_the_config(chapter):
+    cells = [c for c in jupytext.read(chapter).cells if c.cell_type == "code" and "google.colab" in c.source]
+    assert len(cells) == 1, f"{chapter.name}: {len(cells)} Colab install cells"
+    assert cells[0].source.strip() == colab_install_cell(), (
+        f"{chapter.name}: its Colab cell differs from the one made from _config.yml's repository "
+        f"(url and branch); copy this:\n{colab_install_cell()}")

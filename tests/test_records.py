@@ -1,9 +1,9 @@
 """The committed small-profile records: what the published book measured, and its budget.
 
-``make book`` (small profile) copies every chapter's results file to
+``make records-small`` (the small-profile build) copies every chapter's results file to
 ``benchmarks/results/chapters/<chapter>.small.json``. A smoke run shows that a chapter works;
 these records hold what it *finds* with the real model and data, so the claims the prose
-makes are asserted here. Refresh them with ``make book`` after changing a chapter.
+makes are asserted here. Refresh them with ``make records-small`` after changing a chapter.
 
 Every comparison a chapter draws is stored with its verdict from ``tlutils.stats``; the tests
 below assert the verdicts (``"not resolved"`` included, where that is the finding), never a bare
@@ -31,7 +31,7 @@ RECORDED = sorted(p.name.split(".")[0] for p in RECORDS.glob("*.record.json"))
 
 def record(chapter: str, profile: str = "small") -> dict:
     path = RECORDS / f"{chapter}.{profile}.json"
-    command = "make book` (small profile)" if profile == "small" else f"make records-<part>` ({profile} profile)"
+    command = "make records-small` (small profile)" if profile == "small" else f"make records-<part>` ({profile} profile)"
     assert path.is_file(), f"{path} is missing: run `{command} and commit the record"
     return json.loads(path.read_text())
 

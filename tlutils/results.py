@@ -19,7 +19,7 @@ import torch
 
 from tlutils.config import OUTPUT_ENV, Profile, is_main_process, output_dir, project_root
 
-COMMAND_ENV = "TLUTILS_RECORD_COMMAND"  # set by `make book` / `make records-<part>`: how a record was made
+COMMAND_ENV = "TLUTILS_RECORD_COMMAND"  # set by `make records-small` / `make records-<part>`: how a record was made
 
 
 def _plain(value: Any) -> Any:
@@ -247,7 +247,7 @@ def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.Pa
                  profiles: tuple[str, ...] = ("small", "record", "full")) -> list[Path]:
     """Copy the results files of real (not smoke) runs to the committed records folder.
 
-    ``make book`` calls this after a build, so ``benchmarks/results/chapters/<chapter>.<profile>.json``
+    ``make records-small`` calls this after a build, so ``benchmarks/results/chapters/<chapter>.<profile>.json``
     holds the measurements behind the published book; tests assert the chapters' claims on
     those records (a smoke run checks that a chapter works, not what it finds).
     """
