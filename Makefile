@@ -13,7 +13,11 @@ endif
 export TQDM_DISABLE ?= 1
 export TLUTILS_PROGRESS ?= 0
 
-.PHONY: help install book book-smoke records-small test test-fast sync bench times clean
+.PHONY: help install book book-smoke records-small test test-fast sync bench times clean mathjax
+
+# MathJax ships with the site (the npm registry's package, pinned), so formulas render offline.
+MATHJAX_VERSION = 3.2.2
+MATHJAX = _mathjax/mathjax/tex-mml-chtml.js
 
 help:
 	@echo "make install     install tlutils with the book and dev extras (pinned CPU torch)"
@@ -29,7 +33,14 @@ help:
 install:
 	$(PYTHON) -m pip install "torch==2.13.0" -e ".[book,dev]" -c constraints.txt
 
-book:
+$(MATHJAX):
+	@rm -rf _mathjax && mkdir -p _mathjax/npm
+	cd _mathjax/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	mv _mathjax/npm/package/es5 _mathjax/mathjax && rm -rf _mathjax/npm
+
+mathjax: $(MATHJAX)
+
+book: $(MATHJAX)
 	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} TLUTILS_RECORD_COMMAND="$${TLUTILS_RECORD_COMMAND:-make book}" \
 	  $(JB) build . --all -W --keep-going
 	@$(PYTHON) -m tlutils.results
@@ -58,7 +69,7 @@ records-%:
 book-smoke:
 	TLUTILS_PROFILE=smoke $(MAKE) book
 
-test:
+test: $(MATHJAX)
 	$(PYTHON) -m pytest
 
 test-fast:
@@ -74,4 +85,4 @@ times:
 	@$(PYTHON) -m tlutils.results
 
 clean:
-	rm -rf _build outputs
+	rm -rf _build outputs _mathjax

@@ -89,8 +89,65 @@ def stray_warnings(executed: Path) -> list[str]:
     return found
 
 
+@pytest.fixture(scope="session")
+def executed_notebooks(tmp_path_factory) -> Path:
+    """Where every chapter test leaves its executed notebook (``<part>/<chapter>.ipynb``): the
+    HTML site of the tests is rendered from these, so no chapter is executed a second time."""
+    return tmp_path_factory.mktemp("executed")
+
+
+def keep_executed(executed: Path, chapter: str, folder: Path) -> None:
+    """Copy an executed notebook of ``chapter`` (``"concepts/terms_text"``, ``"intro"``) into ``folder``."""
+    import shutil
+
+    target = folder / f"{chapter}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(executed, target)
+
+
+def build_site(executed: Path, workdir: Path) -> tuple["subprocess.CompletedProcess[str]", Path, list[str]]:
+    """``jupyter-book build -W`` of the book, each chapter that ``executed`` holds rendered with its
+    outputs (the notebook the chapter test ran), the others from their ``.md`` without running
+    them. Returns the process, the HTML folder and the chapters rendered with outputs."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    source = workdir / "source"
+    shutil.copytree(REPO / "book", source / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    for name in ("_toc.yml",):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("_mathjax", "_ext", "tlutils"):  # MathJax, the Sphinx extension, literalinclude sources
+        if (REPO / folder).is_dir():
+            (source / folder).symlink_to(REPO / folder, target_is_directory=True)
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    config["exclude_patterns"] = [p for p in config["exclude_patterns"] if p != "**.ipynb"]
+    (source / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rendered = []
+    for notebook in sorted(executed.rglob("*.ipynb")):
+        chapter = notebook.relative_to(executed).with_suffix("")
+        md = source / "book" / chapter.with_suffix(".md")
+        if md.is_file():
+            md.unlink()
+            shutil.copyfile(notebook, md.with_suffix(".ipynb"))
+            rendered.append(str(chapter))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(source), "-W", "--keep-going"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    return proc, source / "_build" / "html", rendered
+
+
+@pytest.fixture(scope="session")
+def smoke_site(executed_notebooks, tmp_path_factory):
+    """The book's HTML, built once per session from the notebooks the chapter tests executed."""
+    return build_site(executed_notebooks, tmp_path_factory.mktemp("site"))
+
+
 @pytest.fixture
-def run_chapter(tmp_path, monkeypatch):
+def run_chapter(tmp_path, monkeypatch, executed_notebooks):
     """Execute a chapter's `.ipynb` twin with papermill in the smoke profile and return its
     results record: ``record = run_chapter("concepts/sentence_pair_classification")``."""
     import papermill as pm
@@ -106,6 +163,7 @@ def run_chapter(tmp_path, monkeypatch):
         warnings = stray_warnings(executed)
         assert not warnings, (f"{chapter} prints warnings that the published page would show; fix them "
                               f"at their source: {warnings}")
+        keep_executed(executed, chapter, executed_notebooks)
         return json.loads((tmp_path / "outputs" / notebook.stem / "metrics.json").read_text())
 
     return run

@@ -107,8 +107,10 @@ def test_sentence_pair_classification_chapter(run_chapter):
 
 
 @pytest.mark.chapter
-def test_intro_executes(outputs_in):
+def test_intro_executes(outputs_in, executed_notebooks):
     import papermill as pm
+
+    from conftest import keep_executed
 
     chapter = REPO / "book" / "intro.ipynb"
     out = outputs_in / "intro.ipynb"
@@ -116,25 +118,20 @@ def test_intro_executes(outputs_in):
                         progress_bar=False)
     text = out.read_text()
     assert '"smoke' in text and "equivalent" in text  # the profile printed, the MRPC pairs shown
+    keep_executed(out, "intro", executed_notebooks)
 
 
 @pytest.mark.chapter
-def test_book_builds_with_warnings_as_errors(tmp_path):
+def test_book_builds_with_warnings_as_errors(smoke_site):
     """`jupyter-book build -W`: cross-references, citations, the toc and the launch buttons.
 
-    Execution is switched off here (a copy of ``_config.yml`` with ``execute_notebooks: off``):
-    the papermill tests already execute every chapter once, and a second execution would cost
-    minutes of CI. ``make book`` builds with execution.
+    Nothing is executed here: the chapters the papermill tests of this session ran are rendered
+    with their outputs (a second execution would cost minutes of CI), the others from their
+    source. ``make book`` builds with execution.
     """
-    config = (REPO / "_config.yml").read_text()
-    assert "execute_notebooks: force" in config
-    (tmp_path / "_config.yml").write_text(config.replace("execute_notebooks: force", "execute_notebooks: 'off'"))
-    jb = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(REPO), "--path-output",
-               str(tmp_path), "--config", str(tmp_path / "_config.yml"), "-W", "--keep-going"]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    assert "execute_notebooks: force" in (REPO / "_config.yml").read_text()
+    proc, html, _ = smoke_site
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    html = tmp_path / "_build" / "html"
     assert (html / "index.html").is_file()
     page = (html / "book" / "concepts" / "sentence_pair_classification.html").read_text()
     assert "Transfer gain" in page and "save_results" in page  # prose and code rendered

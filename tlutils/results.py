@@ -107,6 +107,19 @@ def save_results(chapter: str, metrics: dict[str, Any], *, profile: Profile,
     return path
 
 
+def shown_path(path: os.PathLike) -> str:
+    """``path`` as a chapter prints it: relative to the project (``outputs/x/metrics.json``) or to
+    ``$TLUTILS_OUTPUT_DIR``, never the machine's absolute path (which the published page would show)."""
+    path = Path(path).resolve()
+    bases = [(Path(os.environ[OUTPUT_ENV]).resolve(), f"${OUTPUT_ENV}/")] if os.environ.get(OUTPUT_ENV) else []
+    root = project_root()
+    bases += [(root.resolve(), "")] if root else []
+    for base, prefix in bases:
+        if path.is_relative_to(base):
+            return prefix + path.relative_to(base).as_posix()
+    return path.name
+
+
 def load_results(chapter: str, root: Optional[os.PathLike] = None) -> dict[str, Any]:
     """Read the results file of ``chapter`` (from ``root`` or the default outputs folder)."""
     path = (Path(root) / chapter if root else output_dir(chapter)) / "metrics.json"
