@@ -41,6 +41,7 @@ $(MATHJAX):
 mathjax: $(MATHJAX)
 
 book: $(MATHJAX)
+	@$(PYTHON) -m tlutils data >/dev/null  # one line and no build when a task has no data source
 	TLUTILS_PROFILE=$${TLUTILS_PROFILE:-small} TLUTILS_RECORD_COMMAND="$${TLUTILS_RECORD_COMMAND:-make book}" \
 	  $(JB) build . --all -W --keep-going
 	@$(PYTHON) -m tlutils.results

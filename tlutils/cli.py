@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tlutils.config import PROFILE_NAMES, is_main_process
-from tlutils.errors import TLUtilsError
+from tlutils.errors import DataNotFoundError, TLUtilsError
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,6 +105,19 @@ def _predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     return predict_texts(model, tokenizer, texts, max_length=args.max_length)
 
 
+def _data(args: argparse.Namespace) -> dict[str, Any]:
+    """Where each task's data come from; a one-line DataNotFoundError when some have no source."""
+    from tlutils.data import TASKS, data_check_message, get_task, hub_reachable, local_split_path, missing_data
+
+    names = args.tasks or list(TASKS)
+    hub = hub_reachable()
+    missing = missing_data(names, hub=hub)
+    if missing:
+        raise DataNotFoundError(data_check_message(missing))
+    return {name: "local" if (p := local_split_path(get_task(name), "train")) is not None and p.is_file() else "hub"
+            for name in names}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tlutils", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--jsonl", help="a JSON Lines file with the task's text fields (text_a, text_b)")
     pr.add_argument("--max-length", type=int, default=128)
 
+    data = sub.add_parser("data", help="which tasks can be read (local folder or hub); exit 2 if some cannot",
+                          epilog="example: python -m tlutils data --tasks mrpc sick")
+    data.add_argument("--tasks", nargs="+", default=None, help="default: every registered task")
+
     sub.add_parser("bench", help="fit against transformers.Trainer (see python -m tlutils.bench --help)",
                    add_help=False)
     sub.add_parser("results", help="chapter wall times; --keep copies the records", add_help=False)
@@ -160,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        result = {"train": _train, "evaluate": _evaluate, "predict": _predict, "data": _data}[args.command](args)
     except TLUtilsError as err:  # a mistake with a known fix: one line, not a traceback
         parser.exit(2, f"python -m tlutils {args.command}: error: {err}\n")
     if not is_main_process():

@@ -63,6 +63,7 @@ class TaskSpec:
     domains: tuple[str, ...] = ()
     label_range: tuple[float, float] = (0.0, 0.0)  # regression only
     hub: Optional[HubSource] = None
+    label_field: str = "label"  # the field of a local row that holds this task's label
 
     @property
     def is_regression(self) -> bool:
@@ -123,6 +124,12 @@ TASKS: dict[str, TaskSpec] = {
         "sick", "sick", "SICK: entailment between sentence pairs (flickr / semeval sources).",
         ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"), ("flickr", "semeval", "mixed"),
     ),
+    # The same SICK pairs, scored for relatedness (1-5, the mean of ten annotators): two tasks on one input.
+    "sick_relatedness": TaskSpec(
+        "sick_relatedness", "sick", "SICK: how related are two sentences, from 1 to 5?",
+        ("text_a", "text_b"), (), ("pearson", "spearman"), ("flickr", "semeval", "mixed"),
+        label_range=(1.0, 5.0), label_field="relatedness_score",
+    ),
     "amazon": TaskSpec(
         "amazon", "amazon_multidomain", "Amazon reviews, positive or negative, in four domains.",
         ("text_a",), ("negative", "positive"), ("accuracy", "f1"),
@@ -154,6 +161,11 @@ def validate_row(row: Mapping[str, Any], task: TaskSpec, where: str, labelled: b
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: expected a JSON object with id, {', '.join(task.text_fields)} "
                         f"and label, got {type(row).__name__}.")
+    if task.label_field != "label" and labelled:  # e.g. SICK's relatedness_score beside its label
+        if row.get(task.label_field) is None:
+            raise DataError(f"{where}: field {task.label_field!r} is missing; task {task.name!r} reads its "
+                            f"label from it (use the task that reads 'label' for this file).")
+        row = {**row, "label": row[task.label_field]}
     for key in ("id", *task.text_fields, *(("label",) if labelled else ())):
         if key not in row or row[key] is None:
             raise DataError(f"{where}: field {key!r} is missing; every row needs id, "
@@ -263,6 +275,46 @@ def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = Non
     if not labelled:
         rows = [{k: v for k, v in r.items() if k not in ("label", "label_name")} for r in rows]
     return rows
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked for data: not switched off (``HF_HUB_OFFLINE``,
+    ``HF_DATASETS_OFFLINE``) and ``huggingface.co`` answering on port 443."""
+    import socket
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def missing_data(tasks: Sequence[str] = tuple(TASKS), data_dir: Optional[os.PathLike] = None,
+                 hub: Optional[bool] = None) -> list[str]:
+    """The tasks of ``tasks`` that can be read from neither source: no ``<folder>/train.jsonl``
+    under the data folder, and no hub source or no hub (``hub=None``: ask :func:`hub_reachable`)."""
+    missing = []
+    for name in tasks:
+        task = get_task(name)
+        path = local_split_path(task, "train", data_dir)
+        if path is not None and path.is_file():
+            continue
+        if task.hub is not None and (hub if hub is not None else hub_reachable()):
+            continue
+        missing.append(name)
+    return missing
+
+
+def data_check_message(missing: Sequence[str]) -> str:
+    """One line for a build that cannot start: which tasks lack data, and the two ways to provide them."""
+    hubless = [name for name in missing if get_task(name).hub is None]
+    return (f"No data for {', '.join(missing)}: set {DATA_ENV} to a folder holding <task folder>/<split>.jsonl "
+            f"(README, 'Work offline'), or connect to the Hugging Face hub"
+            + (f" ({', '.join(hubless)} {'has' if len(hubless) == 1 else 'have'} no hub source and need the folder)."
+               if hubless else "."))
 
 
 def load_task(
