@@ -62,6 +62,22 @@ def test_glossary_is_a_plain_page_with_every_term():
         assert body.index("Demo:") < body.index("Used in:"), term
 
 
+def test_every_article_term_carries_the_articles_chinese_name():
+    """Readers of the source article map its terms to the book's: each of its terms names the
+    Chinese word the article uses, and that word occurs in the article."""
+    article = (REPO.parent / "shared" / "source" / "article.txt")
+    text = article.read_text(encoding="utf-8") if article.is_file() else None
+    for term, body in _glossary_entries().items():
+        found = re.search(r"In the article \(Chinese\): (\S+)", body)
+        assert found, f"{term}: no 'In the article (Chinese): ...' line"
+        assert body.index("In the article") < body.index("Demo:"), term
+        name = found.group(1).rstrip(",")
+        line = body.split("In the article (Chinese):")[1].split("\n")[0]
+        assert re.search(r"[\u4e00-\u9fff]", line) or "kept in English" in line, term
+        if text is not None:  # the staged source article, where this checkout has it
+            assert name.lower() in text.lower(), f"{term}: {name!r} does not occur in the article"
+
+
 def test_every_glossary_ref_target_exists():
     """Fails while a chapter that defines a ``term-*`` label has not landed; the message lists
     the missing labels."""

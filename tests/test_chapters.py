@@ -160,3 +160,25 @@ def test_colab_install_cell_is_the_one_made_from_the_config(chapter):
     assert cells[0].source.strip() == colab_install_cell(), (
         f"{chapter.name}: its Colab cell differs from the one made from _config.yml's repository "
         f"(url and branch); copy this:\n{colab_install_cell()}")
+
+
+def tasks_loaded(text: str) -> list[str]:
+    """The registered tasks a chapter reads: ``load_task("mrpc", ...)`` and ``TASK = "sick"``."""
+    from tlutils.data import TASKS
+
+    found = re.findall(r'load_task\(\s*"([a-z_]+)"', text) + re.findall(r'^\s*TASK\s*=\s*"([a-z_]+)"', text, re.M)
+    return [t for t in dict.fromkeys(found) if t in TASKS]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_chapters_show_the_licence_of_restricted_data(chapter):
+    """A chapter that reads MRPC, SICK, STS-B or the Amazon reviews says under which terms, with
+    the text of ``tlutils.data.licence_notice`` (the registry's licences, so the two cannot drift)."""
+    from tlutils.data import licence_notice
+
+    text = chapter.read_text()
+    notice = licence_notice(tasks_loaded(text))
+    if notice:
+        assert notice in text, f"{chapter.name}: add this after the prerequisites:\n{notice}"
+    else:
+        assert "{admonition} Data licence" not in text, f"{chapter.name}: a licence notice for no restricted data"

@@ -64,6 +64,8 @@ class TaskSpec:
     label_range: tuple[float, float] = (0.0, 0.0)  # regression only
     hub: Optional[HubSource] = None
     label_field: str = "label"  # the field of a local row that holds this task's label
+    licence: str = ""  # the data set's terms in one phrase; chapters that use it show a notice
+    restricted: bool = False  # non-commercial, or no licence granted: chapters that use it show a notice
 
     @property
     def is_regression(self) -> bool:
@@ -92,12 +94,15 @@ TASKS: dict[str, TaskSpec] = {
         ("text_a", "text_b"), ("not_equivalent", "equivalent"), ("accuracy", "f1", "mcc"),
         hub=HubSource("nyu-mll/glue", "mrpc", _GLUE_PAIR,
                       {"train": "train", "validation": "validation", "test": "test"}),
+        licence="Microsoft Research Shared Source License Agreement (MSR-SSLA), non-commercial use only",
+        restricted=True,
     ),
     "rte": TaskSpec(
         "rte", "rte", "Recognizing Textual Entailment: does the first text entail the second?",
         ("text_a", "text_b"), ("entailment", "not_entailment"), ("accuracy", "f1", "mcc"),
         hub=HubSource("nyu-mll/glue", "rte", _GLUE_PAIR,
                       {"train": "train", "validation": "validation"}),
+        licence="no explicit licence (redistributed by GLUE for research)",
     ),
     "stsb": TaskSpec(
         "stsb", "stsb", "STS Benchmark: how similar are two sentences, from 0 to 5?",
@@ -105,12 +110,15 @@ TASKS: dict[str, TaskSpec] = {
         label_range=(0.0, 5.0),
         hub=HubSource("nyu-mll/glue", "stsb", _GLUE_PAIR,
                       {"train": "train", "validation": "validation"}),
+        licence="scores CC BY-SA 4.0; its MSRpar and MSRvid texts under the MSR-SSLA, non-commercial use only",
+        restricted=True,
     ),
     "snli": TaskSpec(
         "snli", "snli", "Stanford NLI: entailment, neutral or contradiction for caption pairs.",
         ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"),
         hub=HubSource("stanfordnlp/snli", None, _NLI_PAIR,
                       {"train": "train", "validation": "validation", "test": "test"}),
+        licence="CC BY-SA 4.0",
     ),
     "mnli": TaskSpec(
         "mnli", "mnli_genres", "MultiNLI with its five genres as domains.",
@@ -119,23 +127,43 @@ TASKS: dict[str, TaskSpec] = {
         hub=HubSource("nyu-mll/multi_nli", None,
                       {**_NLI_PAIR, "genre": "domain", "pairID": "id"},
                       {"train": "train", "validation": "validation_matched"}),
+        licence="OANC licence; some fiction CC BY 3.0 or CC BY-SA 3.0",
     ),
     "sick": TaskSpec(
         "sick", "sick", "SICK: entailment between sentence pairs (flickr / semeval sources).",
         ("text_a", "text_b"), _NLI_LABELS, ("accuracy", "macro_f1"), ("flickr", "semeval", "mixed"),
+        licence="CC BY-NC-SA 3.0, non-commercial use only", restricted=True,
     ),
     # The same SICK pairs, scored for relatedness (1-5, the mean of ten annotators): two tasks on one input.
     "sick_relatedness": TaskSpec(
         "sick_relatedness", "sick", "SICK: how related are two sentences, from 1 to 5?",
         ("text_a", "text_b"), (), ("pearson", "spearman"), ("flickr", "semeval", "mixed"),
         label_range=(1.0, 5.0), label_field="relatedness_score",
+        licence="CC BY-NC-SA 3.0, non-commercial use only", restricted=True,
     ),
     "amazon": TaskSpec(
         "amazon", "amazon_multidomain", "Amazon reviews, positive or negative, in four domains.",
         ("text_a",), ("negative", "positive"), ("accuracy", "f1"),
         ("books", "dvd", "electronics", "kitchen"),
+        licence="no licence published (research use; do not redistribute)", restricted=True,
     ),
 }
+
+
+def licence_notice(names: Sequence[str]) -> str:
+    """The data-licence admonition a chapter shows for the tasks it reads whose terms restrict
+    their use (non-commercial, or no licence granted; MyST, empty when there are none). ``tests/test_chapters.py`` checks that every
+    chapter carries the notice of the tasks it loads."""
+    tasks = [get_task(n) for n in dict.fromkeys(names) if get_task(n).restricted]
+    seen = {}
+    for task in tasks:  # sick and sick_relatedness are one data set
+        seen.setdefault(task.folder, task)
+    if not seen:
+        return ""
+    lines = [f"- {task.description.split(':')[0].split(',')[0]}: {task.licence}." for task in seen.values()]
+    return (":::{admonition} Data licence\n:class: note\n" + "\n".join(lines) + "\n\n"
+            "The book ships the code that reads the data, never the data; keep to these terms when you "
+            "reuse the chapter's results or figures.\n:::")
 
 
 def get_task(name: str) -> TaskSpec:
