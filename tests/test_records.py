@@ -383,3 +383,65 @@ def test_adversarial_fgm_buys_robustness_to_the_embedding_attack_at_a_price_in_c
     assert 1.5 < cost["FGM"]["cpu_vs_plain"] < 3 and cost["PGD"]["cpu_vs_plain"] > cost["FGM"]["cpu_vs_plain"]
     assert cost["FreeLB"]["cpu_vs_plain"] > cost["FGM"]["cpu_vs_plain"]
     assert m["attack_check"]["library_error"] < 1e-5 and m["pgd1_equals_fgm"] < 1e-5
+
+
+def test_record_multi_task_joint_beats_single_task_at_equal_total_updates_only():
+    """Frozen MiniLM features, a shared layer, six heads, five seeds: with the same total number
+    of updates the joint model beats RTE alone (the main comparison) and MRPC alone; with the
+    same number of updates on the task nothing is resolved; mixing strategies, joint vs
+    sequential, MT-DNN's extra fine-tuning and the end-to-end RTE + MNLI arm are not resolved;
+    forgetting of MRPC shows only at ten times the learning rate, on seed 0's pairs."""
+    m = record("multi_task")["metrics"]
+    main = m["main"]
+    assert m["main_comparison"] == "joint vs single rte"
+    assert main["verdict"] == "A better" and main["n"] == 5 and main["low"] > 0
+    c = m["comparisons"]
+    assert len(c) == 17 and c["joint vs single rte"] == main
+    assert all(x["family_size"] == 16 for k, x in c.items() if k != "joint vs single rte")
+    assert c["joint vs single mrpc"]["verdict"] == "A better"
+    assert c["forgetting at lr 0.01, seed 0 on the same pairs"]["verdict"] == "B better"
+    assert c["forgetting at lr 0.01, seed 0 on the same pairs"]["n"] == 408
+    resolved = {"joint vs single rte", "joint vs single mrpc", "forgetting at lr 0.01, seed 0 on the same pairs"}
+    assert all(x["verdict"] == "not resolved" for k, x in c.items() if k not in resolved), \
+        sorted(k for k, x in c.items() if k not in resolved and x["verdict"] != "not resolved")
+    assert m["end_to_end"]["RTE + MNLI"]["at_majority_class"] is True  # the one end-to-end arm learned nothing
+    assert m["end_to_end"]["RTE + MNLI"]["steps"] == 2 * m["end_to_end"]["RTE alone"]["steps"]
+
+
+def test_self_training_helps_most_with_fewest_labels_and_cannot_fix_a_bad_teacher():
+    """SICK, linear heads on frozen MiniLM features, five seeds per arm: self-training (three
+    rounds, threshold 0.9, labelled class proportions) beats the labels alone at 100 labels
+    (the main comparison), and after Holm also at 50 and 400 but not at 200; the noisy
+    student's extra noise is not resolved against plain self-training at any budget, but it
+    beats the same noise without pseudo-labels at 50 and 100. Threshold 0 (every prediction
+    kept) gains nothing resolved; a teacher with 40% wrong labels improves with confident
+    pseudo-labels but stays below the majority class."""
+    m = record("self_training")["metrics"]
+    c = m["comparisons"]
+    main = c[m["main_comparison"]]
+    assert m["main_comparison"] == "self-training (100 labels) vs supervised (100 labels)"
+    assert main["verdict"] == "A better" and main["low"] > 0 and main["n"] == 5 and main["p_adjusted"] is None
+    assert m["sizes"]["evaluation"] == 2000 and m["main_on_examples"]["verdict"] == "A better"
+    verdicts = {b: c[f"self-training ({b} labels) vs supervised ({b} labels)"]["verdict"] for b in (50, 200, 400)}
+    assert verdicts == {50: "A better", 200: "not resolved", 400: "A better"}
+    for b in (50, 100, 200, 400):
+        assert c[f"noisy student ({b} labels) vs self-training ({b} labels)"]["verdict"] == "not resolved"
+        expected = "A better" if b in (50, 100) else "not resolved"
+        assert c[f"noisy student ({b} labels) vs supervised + noise ({b} labels)"]["verdict"] == expected
+        assert c[f"noisy student ({b} labels) vs self-training ({b} labels)"]["family_size"] == 11
+    assert not any(m["at_majority_class"].values())
+    # the pseudo-labels the threshold keeps are the easy pairs: far more accurate than the rest
+    assert m["easy_pairs"]["kept"] > m["easy_pairs"]["left out"] + 0.2
+    bias = m["confirmation_bias"]["comparisons"]
+    assert {name: v["verdict"] for name, v in bias.items()} == {
+        "good teacher, confident and balanced": "A better", "good teacher, threshold 0": "not resolved",
+        "bad teacher, confident and balanced": "A better", "bad teacher, threshold 0": "not resolved",
+        "bad teacher's last student vs clean labels": "not resolved"}
+    assert bias["bad teacher, confident and balanced"]["value_a"] < m["majority_baseline"]
+    drift = m["confirmation_bias"]["drift"]
+    for name in ("good teacher, confident and balanced", "bad teacher, confident and balanced"):
+        assert drift[name]["last_round"] < drift[name]["first_round"]  # more kept, less accurate, round by round
+    # one end-to-end round through fit (MiniLM, 200 labels, one seed, 400 paired pairs): the student wins here
+    e2e = m["e2e"]
+    assert e2e["comparison"]["verdict"] == "A better" and e2e["comparison"]["n"] == 400 and e2e["kept"] > 0
+    assert not any(e2e["at_majority_class"].values())
