@@ -86,6 +86,10 @@ def stray_warnings(executed: Path) -> list[str]:
         for output in cell.get("outputs", ()):
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
                 found += [f"cell {number}: {m}" for m in re.findall(r"\w*Warning: [^\n]*", output.get("text", ""))]
+            data = output.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:  # a progress bar, which needs a CDN script
+                found.append(f"cell {number}: a widget output ({data.get('text/plain', '')[:60]!r}); wrap the call "
+                             f"in tlutils.config.quiet_progress()")
     return found
 
 
@@ -153,6 +157,7 @@ def run_chapter(tmp_path, monkeypatch, executed_notebooks):
     import papermill as pm
 
     monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures land in the outputs
 
     def run(chapter: str, **parameters) -> dict:
         notebook = REPO / "book" / f"{chapter}.ipynb"

@@ -214,3 +214,21 @@ def test_stopwatch_measures_elapsed_time(monkeypatch):
     now = iter([10.0, 12.5])
     monkeypatch.setattr(config.time, "perf_counter", lambda: next(now))
     assert config.Stopwatch().elapsed() == pytest.approx(2.5)
+
+
+def test_quiet_progress_silences_both_libraries_and_restores_them():
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from tlutils.config import quiet_progress
+
+    datasets.enable_progress_bars()
+    hf_logging.enable_progress_bar()
+    with quiet_progress():
+        assert not datasets.is_progress_bar_enabled() and not hf_logging.is_progress_bar_enabled()
+    assert datasets.is_progress_bar_enabled() and hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    with quiet_progress():
+        pass
+    assert not datasets.is_progress_bar_enabled()  # a state that was off stays off
+    datasets.enable_progress_bars()

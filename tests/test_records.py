@@ -67,7 +67,12 @@ def test_a_chapter_with_a_record_run_prints_it(chapter):
     assert f'record_findings("{chapter}"' in source, f"{chapter}: print its record with record_findings"
 
 
-@pytest.mark.parametrize("chapter, profile", [(c, "small") for c in EXECUTED] + [(c, "record") for c in RECORDED])
+# pages that read the committed records (results, outlook, syllabus) and measure nothing themselves
+RECORD_READERS = ("results", "summary", "syllabus")
+
+
+@pytest.mark.parametrize("chapter, profile", [(c, "small") for c in EXECUTED if c not in RECORD_READERS]
+                         + [(c, "record") for c in RECORDED])
 def test_every_record_declares_its_main_comparison_with_a_consistent_verdict(chapter, profile):
     m = record(chapter, profile)["metrics"]
     comparisons = m.get("comparisons", {})

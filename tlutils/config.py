@@ -23,13 +23,14 @@ chapter without editing it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -212,3 +213,26 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No progress bars from ``datasets`` or ``transformers`` inside the block.
+
+    A bar per ``map``, ``add_column`` or ``save_pretrained`` is noise in a chapter, and in a
+    notebook with ipywidgets it becomes a widget whose script the published page would fetch
+    from a CDN. The previous state is restored afterwards.
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_bars, transformers_bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            hf_logging.enable_progress_bar()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from tlutils.config import quiet_progress
 from tlutils.errors import ConfigError, DataError, DataNotFoundError
 
 if TYPE_CHECKING:  # imported lazily: `datasets` costs a second at import time
@@ -471,15 +472,8 @@ def tokenize_task(
         enc["full_length"] = [len(ids) for ids in full]
         return enc
 
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # a bar per split is noise in a chapter
-    try:
+    with quiet_progress():  # a bar per split is noise in a chapter
         out = data.map(encode, batched=True, load_from_cache_file=False)
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
     for split, dataset in out.items():
         full = dataset["full_length"]
         report.counts[split] = (len(full), sum(n > max_length for n in full), max(full, default=0))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import torch
 
+from tlutils.config import quiet_progress
 from tlutils.errors import ModelNotAvailableError
 
 if TYPE_CHECKING:
@@ -167,8 +168,9 @@ def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", f
     names = list(task.label_names) or ["score"]
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    with quiet_progress():  # "Writing model shards" is noise in a chapter
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
     (folder / TASK_FILE).write_text(json.dumps({
         "task": task.name, "label_names": list(task.label_names), "text_fields": list(task.text_fields),
         "metrics": list(task.metrics), "regression": task.is_regression}, indent=1))

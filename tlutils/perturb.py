@@ -24,6 +24,7 @@ import random
 import string
 from typing import Any, Sequence
 
+from tlutils.config import quiet_progress
 from tlutils.errors import ConfigError
 
 OPS = ("typo", "drop", "swap")
@@ -120,12 +121,5 @@ def perturb_split(split: Any, rate: float, seed: int = 0, ops: Sequence[str] = O
 
     if rate == 0:
         return split
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # a bar per split is noise in a chapter
-    try:
+    with quiet_progress():  # a bar per split is noise in a chapter
         return split.map(change, load_from_cache_file=False)
-    finally:
-        if bars:
-            datasets.enable_progress_bars()

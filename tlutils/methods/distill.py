@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlutils.config import quiet_progress
 from tlutils.core import ENCODER_LAYER
 from tlutils.errors import ConfigError, DataError
 
@@ -188,7 +189,8 @@ def with_teacher_logits(dataset: "Dataset", logits: np.ndarray | torch.Tensor) -
         raise DataError("teacher logits contain NaN or inf: check the teacher's predictions.")
     if TEACHER_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(TEACHER_COLUMN)
-    return dataset.add_column(TEACHER_COLUMN, values.tolist())
+    with quiet_progress():  # "Flattening the indices" is noise in a chapter
+        return dataset.add_column(TEACHER_COLUMN, values.tolist())
 
 
 def without_labels(dataset: "Dataset") -> "Dataset":
@@ -199,7 +201,8 @@ def without_labels(dataset: "Dataset") -> "Dataset":
     """
     if "labels" not in dataset.column_names:
         raise DataError("The split has no 'labels' column: tokenize it with tlutils.data.tokenize_task.")
-    return dataset.map(lambda _: {"labels": IGNORE_INDEX}, load_from_cache_file=False)
+    with quiet_progress():
+        return dataset.map(lambda _: {"labels": IGNORE_INDEX}, load_from_cache_file=False)
 
 
 # --------------------------------------------------------------------------- students

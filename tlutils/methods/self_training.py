@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlutils.config import quiet_progress
 from tlutils.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -364,15 +365,8 @@ def with_pseudo_labels(dataset: "Dataset", indices: np.ndarray, labels: np.ndarr
                           f"{labels.shape} (pass the two arrays a selection function returned).")
     if len(dataset) == 0:
         raise ConfigError(EMPTY_POOL)
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # "Flattening the indices" is noise in a chapter
-    try:
+    with quiet_progress():  # "Flattening the indices" is noise in a chapter
         rows = dataset.select(indices.tolist())
         if "labels" in rows.column_names:
             rows = rows.remove_columns("labels")
         return rows.add_column("labels", labels.astype(int).tolist())
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
