@@ -66,6 +66,11 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a browser that drops a connection is no error
+        pass
+
+
 @pytest.fixture(scope="module")
 def site(smoke_site):
     """The smoke-built site on a localhost server: ``(base_url, html_folder)``."""
@@ -76,7 +81,7 @@ def site(smoke_site):
                     "tests (make test), whose executed notebooks it renders")
     missing = sorted(executed_chapters() - set(rendered))
     assert not missing, f"chapters without an executed notebook in this session: {missing}"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
+    server = _Server(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", html
