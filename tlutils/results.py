@@ -139,6 +139,11 @@ def summary(root: Optional[os.PathLike] = None) -> list[dict[str, Any]]:
 RECORDS_DIR = Path("benchmarks") / "results" / "chapters"
 
 
+def records_dir() -> Path:
+    """The committed records folder of this project (``benchmarks/results/chapters``)."""
+    return (project_root() or Path.cwd()) / RECORDS_DIR
+
+
 def load_record(chapter: str, profile: str = "record",
                 root: Optional[os.PathLike] = None) -> Optional[dict[str, Any]]:
     """The committed record ``<chapter>.<profile>.json``, or None when it was never made.
@@ -146,7 +151,7 @@ def load_record(chapter: str, profile: str = "record",
     Chapters use it to show the resolved result of a longer run next to their own small run:
     ``rec = load_record("fine_tuning")``, then :func:`provenance` and the record's comparisons.
     """
-    base = Path(root) if root else (project_root() or Path.cwd()) / RECORDS_DIR
+    base = Path(root) if root else records_dir()
     path = base / f"{chapter}.{profile}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -240,7 +245,7 @@ def findings(root: Optional[os.PathLike] = None,
     Returns:
         rows (dicts with :data:`FINDING_FIELDS`), ordered by chapter, profile, path.
     """
-    base = Path(root) if root else (project_root() or Path.cwd()) / RECORDS_DIR
+    base = Path(root) if root else records_dir()
     rows = []
     for path in sorted(base.glob("*.json")):
         record = json.loads(path.read_text())
@@ -265,7 +270,7 @@ def keep_records(root: Optional[os.PathLike] = None, destination: Optional[os.Pa
     those records (a smoke run checks that a chapter works, not what it finds).
     """
     base = Path(root) if root else Path(os.environ.get(OUTPUT_ENV) or (project_root() or Path.cwd()) / "outputs")
-    dest = Path(destination) if destination else (project_root() or Path.cwd()) / RECORDS_DIR
+    dest = Path(destination) if destination else records_dir()
     kept = []
     for path in sorted(base.glob("*/metrics.json")):
         record = json.loads(path.read_text())
