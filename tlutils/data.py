@@ -626,14 +626,15 @@ def example_lengths(dataset: Any) -> list[int]:
 
 class _Indexed(torch.utils.data.Dataset):
     """A view of a tokenized split that yields only the model's columns, the labels, the
-    :data:`FLOAT_COLUMNS` it has, plus ``idx``.
+    :data:`FLOAT_COLUMNS` it has, ``domain_id`` (source/target batches of
+    :mod:`tlutils.methods.domain_data`) plus ``idx``.
 
     A ``datasets.Dataset`` stays in Arrow (memory-mapped): a batch is read with one columnar
     lookup (``__getitems__``), so a full-size split (MNLI's 393k pairs) is never copied into
     Python lists per process. Any other map-style dataset of dicts is read item by item.
     """
 
-    KEEP = (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS)
+    KEEP = (*MODEL_INPUTS, "labels", *FLOAT_COLUMNS, "domain_id")  # domain_id: source/target batches (Part IV)
 
     def __init__(self, dataset: Any) -> None:
         columns = _column_names(dataset)
