@@ -178,13 +178,30 @@ def test_unknown_split_is_refused(data_dir):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_data_dir_without_the_task_names_the_variable(tmp_path, data_env):
-    data_env(tmp_path)  # exists, but holds no mrpc/
+def test_data_dir_without_the_task_names_the_variable(tmp_path, data_env, monkeypatch):
+    data_env(tmp_path)  # exists, but holds no mrpc/: the hub is tried, and it is offline
+
+    def offline(task, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tldata, "_load_hub_split", offline)
     with pytest.raises(DataNotFoundError) as info:
         load_task("mrpc")
     message = str(info.value)
     assert "TLUTILS_DATA_DIR" in message and "mrpc/train.jsonl" in message
+    assert f"{tmp_path / 'mrpc'} does not exist" in message
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DataError)
+    with pytest.raises(DataNotFoundError, match="folder .*sick does not exist; point TLUTILS_DATA_DIR"):
+        load_task("sick")  # no hub source: the folder is the only way
+
+
+def test_data_dir_without_the_task_falls_back_to_the_hub(tmp_path, data_env, monkeypatch):
+    """A data folder may hold only the tasks the hub lacks (tlutils.fetch on Colab): the others
+    still load from the hub, as missing_data already assumes."""
+    data_env(tmp_path)
+    row = {"id": "7", "text_a": "a", "text_b": "b", "label": 1, "label_name": "equivalent", "domain": ""}
+    monkeypatch.setattr(tldata, "_load_hub_split", lambda task, split: [row])
+    assert tldata.load_split(get_task("mrpc"), "train") == [row]
 
 
 def test_missing_split_file_lists_the_available_ones(tiny_task_dir):

@@ -18,6 +18,7 @@ def test_without_folder_or_hub_every_task_is_missing_and_the_line_names_both_fix
     line = data_check_message(missing)
     assert "\n" not in line and "TLUTILS_DATA_DIR" in line and "hub" in line
     assert "sick" in line.split("no hub source")[0].split("(")[-1]  # the tasks that need the folder are named
+    assert "python -m tlutils data --fetch sick sick_relatedness amazon --to DIR" in line  # and how to get it
 
 
 def test_with_the_hub_only_the_tasks_without_a_hub_source_are_missing(tmp_path):

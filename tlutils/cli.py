@@ -9,6 +9,7 @@ Commands::
     python -m tlutils predict --model runs/mrpc/model --jsonl pairs.jsonl
     python -m tlutils bench --train 512 --epochs 1
     python -m tlutils results
+    python -m tlutils data --fetch amazon sick --to ~/tlutils-data
 
 ``train`` writes ``OUTPUT/model`` (see :func:`tlutils.models.save_model`), ``OUTPUT/history.json``
 and checkpoints in ``OUTPUT/checkpoints`` (``--resume`` continues a killed run from them).
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tlutils.config import PROFILE_NAMES, is_main_process
-from tlutils.errors import DataNotFoundError, TLUtilsError
+from tlutils.errors import ConfigError, DataNotFoundError, TLUtilsError
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,9 +107,18 @@ def _predict(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _data(args: argparse.Namespace) -> dict[str, Any]:
-    """Where each task's data come from; a one-line DataNotFoundError when some have no source."""
+    """Where each task's data come from; a one-line DataNotFoundError when some have no source.
+    With ``--fetch``: download those tasks from their pinned origins into ``--to`` (see
+    :mod:`tlutils.fetch`) and print the ``TLUTILS_DATA_DIR=...`` line to set."""
     from tlutils.data import TASKS, data_check_message, get_task, hub_reachable, local_split_path, missing_data
 
+    if args.fetch:
+        if args.tasks:
+            raise ConfigError("--tasks checks and --fetch downloads: use one of them (python -m tlutils data "
+                              "--fetch amazon --to DIR).")
+        return _fetch(args.fetch, args.to)
+    if args.to:
+        raise ConfigError("--to goes with --fetch (python -m tlutils data --fetch amazon --to DIR).")
     names = args.tasks or list(TASKS)
     hub = hub_reachable()
     missing = missing_data(names, hub=hub)
@@ -116,6 +126,35 @@ def _data(args: argparse.Namespace) -> dict[str, Any]:
         raise DataNotFoundError(data_check_message(missing))
     return {name: "local" if (p := local_split_path(get_task(name), "train")) is not None and p.is_file() else "hub"
             for name in names}
+
+
+def _fetch(names: Sequence[str], to: Optional[str]) -> dict[str, Any]:
+    from tlutils import fetch
+    from tlutils.data import DATA_ENV, TASKS, get_task
+    from tlutils.fetch import SOURCES
+
+    if not to:
+        raise ConfigError("--fetch needs --to DIR, the data folder to write (e.g. --to ~/tlutils-data).")
+    unfetchable = [name for name in names if get_task(name).folder not in SOURCES]  # before any download
+    if unfetchable:
+        raise ConfigError(f"{', '.join(unfetchable)}: no download source; --fetch takes "
+                          f"{', '.join(n for n, t in TASKS.items() if t.folder in SOURCES)} (the others load "
+                          f"from the Hugging Face hub).")
+    folder = Path(to).expanduser().resolve()
+    written: dict[str, str] = {}
+    for name in names:
+        task = get_task(name)
+        if task.folder in written:
+            continue  # sick and sick_relatedness: one folder
+        out = fetch.fetch_task(name, folder)
+        written[task.folder] = str(out)
+        if is_main_process():
+            source = SOURCES[task.folder]
+            print(f"{task.folder}: downloaded from github.com/{source.repo} (commit {source.commit[:7]}) to {out}; "
+                  f"{fetch.licence_line(name)}.", file=sys.stderr)
+    if is_main_process():
+        print(f"export {DATA_ENV}={folder}", file=sys.stderr)
+    return {"data_dir": str(folder), "fetched": written, "set": f"{DATA_ENV}={folder}"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,9 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--jsonl", help="a JSON Lines file with the task's text fields (text_a, text_b)")
     pr.add_argument("--max-length", type=int, default=128)
 
-    data = sub.add_parser("data", help="which tasks can be read (local folder or hub); exit 2 if some cannot",
-                          epilog="example: python -m tlutils data --tasks mrpc sick")
+    data = sub.add_parser("data", help="which tasks can be read (local folder or hub); exit 2 if some cannot; "
+                                       "--fetch downloads the tasks the hub lacks",
+                          epilog="examples: python -m tlutils data --tasks mrpc sick\n"
+                                 "          python -m tlutils data --fetch amazon sick --to ~/tlutils-data",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_argument("--tasks", nargs="+", default=None, help="default: every registered task")
+    data.add_argument("--fetch", nargs="+", metavar="TASK", default=None,
+                      help="download these tasks (amazon, sick) from their pinned GitHub origins, check every "
+                           "file's git hash, convert and split them into --to")
+    data.add_argument("--to", metavar="DIR", help="the data folder --fetch writes (then set TLUTILS_DATA_DIR=DIR)")
 
     sub.add_parser("bench", help="fit against transformers.Trainer (see python -m tlutils.bench --help)",
                    add_help=False)

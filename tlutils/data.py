@@ -275,19 +275,22 @@ def _load_hub_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
 def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = None,
                labelled: bool = True) -> list[dict[str, Any]]:
     """All rows of one split: from the local folder if configured, else from the hub
-    (``labelled=False``: the text only, see :func:`validate_row`)."""
+    (``labelled=False``: the text only, see :func:`validate_row`). A data folder without this
+    task's folder falls back to the hub when the task has a hub source (a folder may hold only
+    the tasks the hub lacks, as :func:`tlutils.fetch.ensure_local_data` writes on Colab)."""
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
     path = local_split_path(task, split, data_dir)
-    if path is not None:
+    if path is not None and path.parent.is_dir():
         if path.is_file():
             return read_jsonl(path, task, labelled)
-        if not path.parent.is_dir():
-            raise DataNotFoundError(
-                f"Task {task.name!r}: folder {path.parent} does not exist; point {DATA_ENV} at the "
-                f"folder that holds {task.folder}/{split}.jsonl (or unset it to use the hub).")
         raise DataNotFoundError(f"Task {task.name!r} has no split {split!r}: {path} is missing "
                                 f"(available: {', '.join(p.stem for p in sorted(path.parent.glob('*.jsonl')))}).")
+    if path is not None and task.hub is None:
+        raise DataNotFoundError(
+            f"Task {task.name!r}: folder {path.parent} does not exist; point {DATA_ENV} at the "
+            f"folder that holds {task.folder}/{split}.jsonl.")
+    # No folder for this task (a data folder may hold only some tasks): the hub, as missing_data says.
     if task.hub is None:
         raise DataNotFoundError(f"Task {task.name!r} has no hub source: set {DATA_ENV} to a folder "
                                 f"holding {task.folder}/{split}.jsonl.")
@@ -298,7 +301,8 @@ def load_split(task: TaskSpec, split: str, data_dir: Optional[os.PathLike] = Non
         rows = _load_hub_split(task, split)
     except Exception as err:  # offline, DNS failure, hub outage: all mean the same fix
         raise DataNotFoundError(
-            f"Task {task.name!r}: {DATA_ENV} is not set and the hub is unreachable "
+            f"Task {task.name!r}: " + (f"{DATA_ENV} is not set" if path is None else f"{path.parent} does not exist")
+            + f" and the hub is unreachable "
             f"({type(err).__name__}); set {DATA_ENV} to a folder holding "
             f"{task.folder}/{split}.jsonl, or go online.") from err
     if not labelled:
@@ -342,8 +346,9 @@ def data_check_message(missing: Sequence[str]) -> str:
     hubless = [name for name in missing if get_task(name).hub is None]
     return (f"No data for {', '.join(missing)}: set {DATA_ENV} to a folder holding <task folder>/<split>.jsonl "
             f"(README, 'Work offline'), or connect to the Hugging Face hub"
-            + (f" ({', '.join(hubless)} {'has' if len(hubless) == 1 else 'have'} no hub source and need the folder)."
-               if hubless else "."))
+            + (f" ({', '.join(hubless)} {'has' if len(hubless) == 1 else 'have'} no hub source and "
+               f"{'needs' if len(hubless) == 1 else 'need'} the folder: python -m tlutils data --fetch "
+               f"{' '.join(hubless)} --to DIR downloads {'it' if len(hubless) == 1 else 'them'})." if hubless else "."))
 
 
 def load_task(
