@@ -5,8 +5,10 @@ chapter tests executed in this session (smoke profile; nothing runs a third time
 localhost. Every page of the table of contents is opened once; the checks are what a reader
 would notice: console errors, missing files, figures that do not show, error output, library
 warnings or progress-bar residue, the build machine's paths, raw LaTeX, links that lead nowhere,
-Colab buttons to notebooks that do not exist, a broken dark mode. A screenshot of every page is
-left in ``_build/screenshots/`` for a person to look at.
+Colab buttons to notebooks that do not exist, a broken dark mode, images without a description.
+The figure gallery (``figures/index.html``, :mod:`tlutils.gallery`) is opened like a chapter and
+must show every figure the chapters show. A screenshot of every page is left in
+``_build/screenshots/`` for a person to look at.
 
 The browser is Debian's ``chromium`` package (``apt-get install chromium``; ``.ci/run`` installs
 it), driven through Playwright's Python client with ``executable_path``: nothing is downloaded
@@ -59,6 +61,7 @@ class Visit:
     links: set[str] = field(default_factory=set)
     colab: list[str] = field(default_factory=list)
     figures: int = 0
+    images: list[tuple[str, str]] = field(default_factory=list)  # (src, alt) of every <img>
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -139,6 +142,8 @@ def visit(browser, base: str, page_path: str, theme: str = "light") -> Visit:
                             ".filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.innerText.slice(0, 80))")
     result.problems += [f"code clipped at the column: {c!r}" for c in clipped]
     result.figures = page.locator(".cell_output img").count()
+    result.images = [tuple(i) for i in page.evaluate(
+        "() => [...document.images].map(i => [i.getAttribute('src') || '', i.getAttribute('alt') || ''])")]
     hrefs = page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.href)")
     result.links = {h.split("#")[0] for h in hrefs if h.startswith(base)}
     result.colab = [h for h in hrefs if "colab.research.google.com" in h]
@@ -152,7 +157,10 @@ def visit(browser, base: str, page_path: str, theme: str = "light") -> Visit:
 @pytest.fixture(scope="module")
 def visits(site, browser) -> dict[str, Visit]:
     base, _ = site
-    return {p: visit(browser, base, p) for p in toc_pages()}
+    return {p: visit(browser, base, p) for p in [*toc_pages(), GALLERY]}
+
+
+GALLERY = "figures/index"
 
 
 def test_every_page_reads_clean(visits):
@@ -166,6 +174,38 @@ def test_every_executed_chapter_shows_its_figures(visits):
                 if re.search(r"\bplt\.|\.subplots\(|plot_\w+\(", (REPO / "book" / f"{c}.md").read_text())}
     without = sorted(p for p in plotting if p in visits and visits[p].figures == 0)
     assert not without, f"chapters whose page shows no figure output: {without}"
+
+
+def test_every_image_has_alt_text(visits):
+    """Every ``<img>`` (figures, logos) has a description a screen reader can speak: not empty,
+    not its file name (what Sphinx writes when a figure has no alt text)."""
+    bad = []
+    for v in visits.values():
+        for src, alt in v.images:
+            name = src.rsplit("/", 1)[-1].split("?")[0]
+            if not alt.strip() or alt.strip() in (src, name) or re.fullmatch(r"\S+\.(png|svg|jpe?g|gif|webp)", alt.strip()):
+                bad.append(f"{v.page}: <img src={name!r}> alt={alt!r}")
+    assert not bad, ("images without alt text (figure cells take it from `mystnb: image: alt:` metadata):\n"
+                     + "\n".join(bad))
+
+
+def test_gallery_shows_every_figure_of_the_chapters(site, visits):
+    """The gallery lists as many figures as the chapter pages show, each image loaded (the page
+    check above), with links to its SVG and PNG files and its chapter, all on the site."""
+    _, html = site
+    gallery = visits[GALLERY]
+    shown = {p: v.figures for p, v in visits.items() if p != GALLERY and v.figures}
+    listed = [src for src, _ in gallery.images if src.endswith((".svg", ".png")) and "/" not in src]
+    assert len(listed) == sum(shown.values()), f"the gallery lists {len(listed)} figures, the chapters show {shown}"
+    files = {p.name for p in (html / "figures").iterdir()}
+    for src in listed:
+        stem = src.rsplit(".", 1)[0]
+        assert {f"{stem}.svg", f"{stem}.png"} <= files, f"{stem}: SVG and PNG expected in figures/"
+        assert any(link.endswith(f"/figures/{stem}.png") for link in gallery.links), f"{stem}: no PNG link"
+    for page in shown:
+        assert any(link.endswith(f"/{page}.html") for link in gallery.links), f"the gallery does not link {page}"
+    assert any(link.endswith("/figures/index.html") for link in visits["book/syllabus"].links), \
+        "the syllabus does not link the figure gallery"
 
 
 def test_internal_links_resolve(site, visits):

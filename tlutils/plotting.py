@@ -1,4 +1,5 @@
-"""Figures every chapter reuses: learning curves, confusion matrices, comparison bars."""
+"""Figures every chapter reuses: learning curves, confusion matrices, comparison bars; and the
+one switch that makes every chapter's figures SVG and PNG at once (:func:`set_figure_formats`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,38 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tlutils.train import History
+
+
+FIGURE_FORMATS = ("svg", "png")
+"""What every chapter's figures are saved as: SVG (vector, for slides and the HTML book) and PNG."""
+
+
+def set_figure_formats(*formats: str) -> None:
+    """Make the notebook's inline figures carry each of ``formats`` (default :data:`FIGURE_FORMATS`).
+
+    Every chapter calls it once in its setup cell, so each figure output holds an ``image/svg+xml``
+    and an ``image/png`` rendering of the same drawing: the HTML book shows one of them
+    (myst-nb's priority: SVG first), and ``python -m tlutils.gallery`` exports both for teaching
+    without running anything again. The SVGs are made reproducible: a fixed ``svg.hashsalt`` for
+    their element ids and no creation date, so an unchanged figure is byte-for-byte the same file
+    in every build. Outside a running IPython kernel (a script, a test) it does nothing.
+
+    Args:
+        formats: matplotlib-inline format names (``"svg"``, ``"png"``, ``"retina"``, ``"pdf"``, ...).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with every notebook kernel
+        return
+    if get_ipython() is None:
+        return
+    import matplotlib
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    formats = formats or FIGURE_FORMATS
+    matplotlib.rcParams["svg.hashsalt"] = "tlutils"
+    undated = {} if {"jpg", "jpeg"} & set(formats) else {"metadata": {"Date": None}}  # JPEG takes no metadata
+    set_matplotlib_formats(*formats, **undated)
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:
