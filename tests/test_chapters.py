@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import jupytext
 import pytest
@@ -140,33 +141,52 @@ def test_book_builds_with_warnings_as_errors(smoke_site):
     assert "Distilling the knowledge in a neural network" in (html / "book" / "references.html").read_text()
 
 
-def colab_install_cell() -> str:
+def colab_install_cell(fetch: Sequence[str] = ()) -> str:
     """The hidden Colab cell every chapter starts with, made from ``_config.yml``'s repository
-    (its URL and branch are the one place the install source is written down)."""
+    (its URL and branch are the one place the install source is written down); a chapter that
+    reads tasks without a hub source (``fetch``) also makes sure their data are there
+    (:func:`tlutils.fetch.ensure_local_data`: nothing happens where a data folder has them)."""
     import yaml
 
     repo = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
-    return ("# Colab only: install tlutils (does nothing anywhere else; Colab keeps its own PyTorch).\n"
+    cell = ("# Colab only: install tlutils (does nothing anywhere else; Colab keeps its own PyTorch).\n"
             "import subprocess\nimport sys\n\n"
             'if "google.colab" in sys.modules:\n'
             '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
             f'                    "tlutils @ git+{repo["url"]}@{repo["branch"]}"], check=True)')
+    if fetch:
+        cell += ("\n\n# Data the hub does not have: downloaded once from their original files where no data folder holds them.\n"
+                 "from tlutils.fetch import ensure_local_data\n\n"
+                 f"ensure_local_data({list(fetch)!r})")
+    return cell
+
+
+def hubless_tasks(text: str) -> list[str]:
+    """The tasks a chapter reads that have no hub source (their data must be fetched on Colab)."""
+    from tlutils.data import get_task
+
+    return [t for t in tasks_loaded(text) if get_task(t).hub is None]
 
 
 @pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c.name != "intro.md"], ids=[i for i in IDS if i != "intro.md"])
 def test_colab_install_cell_is_the_one_made_from_the_config(chapter):
     cells = [c for c in jupytext.read(chapter).cells if c.cell_type == "code" and "google.colab" in c.source]
     assert len(cells) == 1, f"{chapter.name}: {len(cells)} Colab install cells"
-    assert cells[0].source.strip() == colab_install_cell(), (
+    expected = colab_install_cell(hubless_tasks(chapter.read_text()))
+    assert cells[0].source.strip() == expected, (
         f"{chapter.name}: its Colab cell differs from the one made from _config.yml's repository "
-        f"(url and branch); copy this:\n{colab_install_cell()}")
+        f"(url and branch) and the tasks it reads without a hub source; copy this:\n{expected}")
 
 
 def tasks_loaded(text: str) -> list[str]:
-    """The registered tasks a chapter reads: ``load_task("mrpc", ...)`` and ``TASK = "sick"``."""
+    """The registered tasks a chapter reads: ``load_task("mrpc", ...)``, ``TASK = "sick"``, the names in a
+    ``TASKS = ...`` line and the
+    leave-one-domain-out loaders of Part IV (``leave_one_domain_out("amazon", ...)``)."""
     from tlutils.data import TASKS
 
-    found = re.findall(r'load_task\(\s*"([a-z_]+)"', text) + re.findall(r'^\s*TASK\s*=\s*"([a-z_]+)"', text, re.M)
+    found = (re.findall(r'(?:load_task|leave_one_domain_out|domain_rows|oracle_train)\(\s*"([a-z_]+)"', text)
+             + re.findall(r'^\s*TASK\s*=\s*"([a-z_]+)"', text, re.M)
+             + [t for line in re.findall(r'^\s*TASKS\s*=(.*)$', text, re.M) for t in re.findall(r'"([a-z_]+)"', line)])
     return [t for t in dict.fromkeys(found) if t in TASKS]
 
 
