@@ -23,6 +23,13 @@ def test_pages_workflow_builds_the_small_book_and_publishes_it():
     assert any(u.startswith("actions/setup-node") for u in uses)  # make mathjax needs npm
     artifact = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
     assert artifact["with"]["path"] == "_build/html"
-    data = next(s for s in build["steps"] if "TLUTILS_DATA_DIR" in s.get("run", ""))
-    assert "TLUTILS_DATA_URL" in data["if"]  # the tasks without a hub source (SICK, Amazon)
+    # the tasks without a hub source (SICK, Amazon): a staged folder if one is configured, else fetched
+    data = [s for s in build["steps"] if "TLUTILS_DATA_DIR" in s.get("run", "")]
+    assert len(data) == 2 and all("TLUTILS_DATA_URL" in s["if"] for s in data)
+    from tlutils.data import TASKS, get_task
+
+    hubless = {t.folder for t in TASKS.values() if t.hub is None}
+    fetch = next(s["run"] for s in data if "--fetch" in s["run"])
+    fetched = fetch.split("--fetch")[1].split("--to")[0].split()
+    assert {get_task(name).folder for name in fetched} == hubless  # every folder the hub lacks
     assert deploy["needs"] == "build" and deploy["steps"][0]["uses"].startswith("actions/deploy-pages")
