@@ -84,6 +84,9 @@ def test_history_records_and_best_selection(mrpc):
     again = evaluate(model, mrpc["validation"], "mrpc", mixed_precision=history.mixed_precision)
     assert again["accuracy"] == pytest.approx(history.best_score, abs=1 / 32 + 1e-9)
     assert history.train_samples == 3 * 48 and history.samples_per_second > 0
+    tokens = sum(len(ids) for ids in mrpc["train"]["input_ids"])  # padding is not counted
+    assert history.train_tokens == 3 * tokens and history.tokens_per_second > 0
+    assert history.to_dict()["tokens_per_second"] == pytest.approx(history.tokens_per_second)
     assert History.from_dict(json.loads(json.dumps(history.to_dict()))).epochs == history.epochs
 
 
@@ -321,3 +324,21 @@ def test_evaluation_every_n_steps_selects_among_them_and_logs_to_trackers(mrpc):
     assert Collect.settings["batch_size"] == 8
     assert sum("train/loss" in v for _, v in Collect.logged) == 12
     assert [s for s, v in Collect.logged if "eval/accuracy" in v] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_mid_epoch_checkpoint_carries_the_training_time_so_far(mrpc, tmp_path):
+    """Throughput after a resume counts the time before the interruption too."""
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state["global_step"] == 2:
+            raise Killed
+
+    set_seed(0)
+    with pytest.raises(Killed):
+        fit(load_model("tiny-bert", 2, seed=0), mrpc["train"], mrpc["validation"], task="mrpc",
+            config=_config(epochs=1, checkpoint_dir=str(tmp_path), checkpoint_every=2), callbacks=[kill])
+    saved = json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())
+    assert saved["global_step"] == 2 and saved["batch"] == 2
+    assert saved["history"]["train_seconds"] > 0 and saved["running_tokens"] > 0

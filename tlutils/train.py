@@ -91,6 +91,7 @@ class History:
     best_score: Optional[float] = None
     train_seconds: float = 0.0
     train_samples: int = 0
+    train_tokens: int = 0  # non-padding tokens trained on (the attention mask's ones), every rank
     peak_memory_mb: float = 0.0
     mixed_precision: str = "no"
     stopped_early: bool = False
@@ -100,6 +101,11 @@ class History:
     @property
     def samples_per_second(self) -> float:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Non-padding tokens per second of training (pretraining throughput)."""
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
     @property
     def best(self) -> dict[str, float]:
@@ -112,6 +118,7 @@ class History:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["samples_per_second"] = self.samples_per_second
+        out["tokens_per_second"] = self.tokens_per_second
         return out
 
     @classmethod
@@ -318,12 +325,14 @@ class TrainState:
     bad_epochs: int = 0  # evaluations in a row without improvement
     running_loss: float = 0.0  # sums over the current epoch so far
     running_seen: int = 0
+    running_tokens: int = 0
     running_stats: dict[str, float] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     history: Optional[History] = None
 
     def start_epoch(self) -> None:
         self.batch, self.running_loss, self.running_seen, self.running_stats = 0, 0.0, 0, {}
+        self.running_tokens = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
@@ -581,10 +590,23 @@ def fit(
         last_checkpoint = path
     history = state.history
 
+    clock: dict[str, Optional[float]] = {"since": None}  # when the time not yet in history began
+
+    def count_time() -> None:
+        """Add the training time since the last count to the history (so a checkpoint written
+        mid-epoch carries it, and a resumed run's throughput counts only real training time)."""
+        if clock["since"] is not None:
+            now = time.perf_counter()
+            history.train_seconds += now - clock["since"]
+            clock["since"] = now
+
     def checkpoint() -> None:
         nonlocal last_checkpoint
+        count_time()
         last_checkpoint = _save_checkpoint(accelerator, ckpt_dir, state.to_dict(), best_state,
                                            scheduler.state_dict())
+        if clock["since"] is not None:  # writing the checkpoint is not training time
+            clock["since"] = time.perf_counter()
 
     def train_epoch(epoch: int) -> bool:
         """One epoch (or what is left of it after a resume); True when max_steps was reached."""
@@ -594,7 +616,7 @@ def fit(
         if not state.batch:
             state.start_epoch()
         model.train()
-        began, start = time.perf_counter(), state.batch
+        clock["since"], start = time.perf_counter(), state.batch
         bar = tqdm(_batches_from(train_loader, start), total=batches_per_epoch, initial=start,
                    disable=not show, leave=False, desc=f"epoch {epoch + 1}/{config.epochs}")
         window_start = (start // config.grad_accum_steps) * config.grad_accum_steps
@@ -612,6 +634,8 @@ def fit(
                 n = batch["input_ids"].shape[0]
                 state.running_loss += value * n
                 state.running_seen += n
+                state.running_tokens += (int(batch["attention_mask"].sum()) if "attention_mask" in batch
+                                         else batch["input_ids"].numel())
                 for key, v in stats.items():
                     state.running_stats[key] = state.running_stats.get(key, 0.0) + float(v) * n
                 state.batch = index + 1
@@ -635,9 +659,11 @@ def fit(
                     accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step)
                 if selecting and config.eval_every and state.global_step % config.eval_every == 0:
                     point = {"step": state.global_step, "epoch": epoch + state.batch / batches_per_epoch}
+                    count_time()  # evaluating is not training time
                     evaluate_and_select(point)
                     history.evaluations.append(point)
                     model.train()
+                    clock["since"] = time.perf_counter()
                 if ckpt_dir is not None and config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
                     checkpoint()
                 for callback in callbacks:
@@ -647,7 +673,8 @@ def fit(
             return False
         finally:
             bar.close()
-            history.train_seconds += time.perf_counter() - began
+            count_time()
+            clock["since"] = None
 
     def evaluate_and_select(record: dict[str, Any]) -> None:
         """Score the model, keep its weights if it is the best so far, count bad epochs."""
@@ -687,15 +714,16 @@ def fit(
                         and state.bad_epochs >= config.early_stopping_patience):
                 break
             done = train_epoch(epoch)
-            totals = torch.tensor([state.running_loss, state.running_seen,
+            totals = torch.tensor([state.running_loss, state.running_seen, state.running_tokens,
                                    *[state.running_stats[k] for k in sorted(state.running_stats)]],
                                   dtype=torch.float64, device=accelerator.device)
             if accelerator.num_processes > 1:  # the epoch's loss over every rank's examples
                 totals = accelerator.reduce(totals, reduction="sum")
             seen = max(float(totals[1]), 1.0)
             history.train_samples += int(totals[1])
+            history.train_tokens += int(totals[2])
             record = {"epoch": epoch + 1, "train_loss": float(totals[0]) / seen,
-                      **{k: float(v) / seen for k, v in zip(sorted(state.running_stats), totals[2:])}}
+                      **{k: float(v) / seen for k, v in zip(sorted(state.running_stats), totals[3:])}}
             if selecting and history.evaluations and history.evaluations[-1]["step"] == state.global_step:
                 record.update({k: v for k, v in history.evaluations[-1].items() if k.startswith("eval_")})
             elif selecting:  # (not twice for the same weights when eval_every ends on the epoch)
