@@ -35,7 +35,7 @@ from tlutils.pretraining.batches import (EpochBatchSampler, Layout, Pair, Pretra
 from tlutils.pretraining.corpus import Corpus, Document, build_corpus, load_corpus, normalise, split_sentences
 from tlutils.pretraining.objectives import (OBJECTIVES, PretrainingModel, causal_lm_loss, clm_eval_fn,
                                             masked_lm_loss, mlm_eval_fn, pair_loss, pretraining_loss, rtd_loss)
-from tlutils.pretraining.runs import PretrainedRun, Recipe, pretrain, recipe_key, run_folder, trained_tokens
+from tlutils.pretraining.runs import PretrainedRun, Recipe, pretrain, recipe_key, run_folder
 from tlutils.pretraining.tokenizer import load_pretraining_tokenizer, train_tokenizer
 
 __all__ = [
@@ -45,6 +45,6 @@ __all__ = [
     "electra_generator_config", "encode_pairs", "load_corpus", "load_pretraining_tokenizer", "make_examples",
     "make_pairs", "masked_lm_loss", "mini_config", "mlm_eval_fn", "normalise", "pack_segments", "pack_stream",
     "pair_loss", "pretrain", "pretraining_loss", "recipe_key", "replace_tokens", "rtd_loss", "run_folder",
-    "sample_tokens", "split_sentences", "tokenize_documents", "train_tokenizer", "trained_tokens",
+    "sample_tokens", "split_sentences", "tokenize_documents", "train_tokenizer",
     "usable_positions",
 ]

@@ -15,9 +15,9 @@ the corpus hash, the tokenizer's key and the resolved precision, so:
 - ``snapshot_every`` keeps the weights every N steps (``snapshots/step-000100``...), the
   x-axis of a "downstream gain vs pretraining steps" curve.
 
-Throughput: ``record["tokens_per_second"]`` counts non-padding training tokens per second of
-training (``fit``'s ``train_seconds`` less the held-out evaluations and snapshot writes inside
-it; checkpoint writes stay in). bf16 autocast comes from ``fit``'s ``mixed_precision="auto"``
+Throughput: ``record["tokens_per_second"]`` counts non-padding training tokens
+(``History.train_tokens``) per second of training (``fit``'s ``train_seconds``, which leaves out
+evaluations and checkpoint writes, less the snapshot writes). bf16 autocast comes from ``fit``'s ``mixed_precision="auto"``
 (on CPUs with native bf16, and on GPUs).
 """
 
@@ -185,17 +185,6 @@ class PretrainedRun:
             return cls.from_pretrained(str(self.path(step)), **kwargs)
 
 
-def trained_tokens(history: Any, examples_per_epoch: int) -> float:
-    """Non-padding tokens ``fit`` trained on, from the per-epoch mean ``tokens`` statistic: full
-    epochs saw every example once, the last one the rest of ``history.train_samples``."""
-    epochs = history.epochs
-    if not epochs:
-        return 0.0
-    full = (len(epochs) - 1) * examples_per_epoch
-    counts = [examples_per_epoch] * (len(epochs) - 1) + [max(history.train_samples - full, 0)]
-    return float(sum(e.get("tokens", 0.0) * n for e, n in zip(epochs, counts)))
-
-
 def _subset(documents: list, n: Optional[int], seed: int) -> list:
     if n is None or n >= len(documents):
         return documents
@@ -314,9 +303,8 @@ def pretrain(recipe: Recipe, *, corpus: Optional[Corpus] = None, callbacks: Sequ
     if electra:
         _save_pretrained(model.model.generator, folder / GENERATOR)
     tokenizer.save_pretrained(str(folder / TOKENIZER))
-    tokens = trained_tokens(history, len(train))
-    eval_inside = sum(e.get("eval_seconds", 0.0) for e in history.evaluations)
-    seconds = max(history.train_seconds - eval_inside - snapshot_seconds, 1e-9)
+    tokens = history.train_tokens  # non-padding tokens; fit's train_seconds leaves out evaluations
+    seconds = max(history.train_seconds - snapshot_seconds, 1e-9)
     last = next((e for e in reversed([*history.evaluations, *history.epochs]) if f"eval_{metric}" in e), {})
     record = {
         "recipe": recipe.to_dict(), "key": folder.name, "version": RUN_VERSION,
@@ -334,9 +322,6 @@ def pretrain(recipe: Recipe, *, corpus: Optional[Corpus] = None, callbacks: Sequ
         "snapshots": sorted(int(p.name.split("-")[1]) for p in (folder / SNAPSHOTS).glob("step-*")),
         "history": history.to_dict(), "environment": environment(precision),
     }
-    if resumed:
-        record["note"] = ("resumed from a checkpoint: fit's train_seconds misses the interrupted part of the "
-                          "epoch, so tokens_per_second overstates the speed")
     from tlutils.results import _plain
 
     (folder / (RECORD + ".tmp")).write_text(json.dumps(_plain(record), indent=1))
