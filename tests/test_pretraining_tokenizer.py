@@ -78,6 +78,37 @@ def test_bpe_training_is_deterministic():
     assert train_tokenizer(texts, "bpe", 280).get_vocab() == train_tokenizer(texts, "bpe", 280).get_vocab()
 
 
+WORDPIECE_VOCAB = """
+import hashlib, json, sys
+sys.path.insert(0, {tests!r})
+from pretraining_helpers import tiny_corpus
+from tlutils.pretraining import train_tokenizer
+texts = list(tiny_corpus().sentences()) * 3 + ["unbelievable unbelievably believers rebelled", "zygote zygotes"]
+for _ in range(3):
+    vocab = train_tokenizer(texts, "wordpiece", 120).get_vocab()
+    print(hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest())
+"""
+
+
+def test_wordpiece_training_is_deterministic_across_processes():
+    """WordPiece retrains to the same entries with the same ids, in one process and in another
+    (Rust seeds its hash maps per process: huggingface/tokenizers#1794, worked around by seeding
+    the ##-pieces in sorted order); the ##-pieces are ordinary entries, not special tokens."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = WORDPIECE_VOCAB.format(tests=str(Path(__file__).parent))
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(3)]
+    assert len(runs[0]) == 3 and len({h for run in runs for h in run}) == 1
+    tok = train_tokenizer(list(tiny_corpus().sentences()), "wordpiece", 80)
+    assert any(t.startswith("##") for t in tok.get_vocab()) and set(tok.all_special_tokens) == \
+        {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    ids = tok("birds flew", add_special_tokens=False)["input_ids"]
+    assert "##s" in tok.convert_ids_to_tokens(ids) and tok.decode(ids) == "birds flew"
+
+
 def test_too_small_corpus_empty_corpus_and_bad_kind_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"yields only \d+ wordpiece entries.*use vocab_size<=\d+") as err:
         train_tokenizer(tiny_texts(20), "wordpiece", 8000)

@@ -18,12 +18,14 @@ Both come back as ``transformers`` fast tokenizers, cached under
 hash and every training setting.
 
 Determinism: byte-level BPE retrains to the same vocabulary. The ``tokenizers`` WordPiece
-trainer does not (``tokenizers`` 0.23): it numbers the ``##`` continuation pieces in hash-map
-order, which Rust seeds per process, and breaks ties between equally frequent merges by those
-numbers, so two trainings on the same corpus differ in ids and in a few of the last entries
-(measured: 5 of 8,000 entries; huggingface/tokenizers issue 1794, fix proposed in PR 2066).
-Hence the cache: a machine trains each vocabulary once, and every pretrained run saves the
-tokenizer it was trained with next to its weights.
+trainer alone does not (``tokenizers`` 0.23): it numbers the ``##`` continuation pieces in
+hash-map order, which Rust seeds per process, and breaks ties between equally frequent merges by
+those numbers, so two trainings on the same corpus differ in ids and in a few of the last entries
+(huggingface/tokenizers issue 1794, fix proposed in PR 2066). :func:`_continuation_pieces` works
+around it: every ``##c`` is seeded as a special token (fixed ids, in sorted order) and turned
+back into an ordinary entry after training, so WordPiece retrains to the same vocabulary too.
+The cache still saves the retraining, and every pretrained run keeps its tokenizer next to its
+weights.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
     from tlutils.pretraining.corpus import Corpus
 
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2  # 2: WordPiece trained deterministically
 KINDS = ("wordpiece", "bpe")
 SPECIAL_TOKENS = {
     "wordpiece": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -68,6 +70,26 @@ def _check(kind: str, vocab_size: int) -> None:
                           f"for its special tokens and alphabet; use 8000-16000 for the miniature models.")
 
 
+def _continuation_pieces(normalizer, texts: list[str]) -> list[str]:
+    """``##c`` for every character that can continue a word (not space, punctuation or CJK), sorted.
+
+    Seeding them as special tokens gives them fixed ids, which makes the ``tokenizers`` WordPiece
+    trainer deterministic: it otherwise numbers them in hash-map order and breaks ties between
+    equally frequent merges by those numbers (huggingface/tokenizers#1794).
+    """
+    import unicodedata
+
+    chars: set[str] = set()
+    for i in range(0, len(texts), 5000):
+        chars.update(normalizer.normalize_str("\n".join(texts[i:i + 5000])))
+
+    def splits(ch: str) -> bool:  # BertPreTokenizer's word boundaries (ASCII symbols count as punctuation)
+        o = ord(ch)
+        return (ch.isspace() or 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126
+                or unicodedata.category(ch).startswith("P") or 0x4E00 <= o <= 0x9FFF)
+    return ["##" + ch for ch in sorted(chars) if not splits(ch)]
+
+
 def _backend(kind: str, vocab_size: int, min_frequency: int, texts: Iterable[str], length: Optional[int]):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -77,10 +99,15 @@ def _backend(kind: str, vocab_size: int, min_frequency: int, texts: Iterable[str
                                                     strip_accents=True, lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
+        texts = list(texts)
+        pieces = _continuation_pieces(tok.normalizer, texts)
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=_ORDER[kind], continuing_subword_prefix="##",
+                                            special_tokens=_ORDER[kind] + pieces, continuing_subword_prefix="##",
                                             show_progress=False)
         tok.train_from_iterator(texts, trainer, length=length)
+        raw = json.loads(tok.to_str())  # the ## pieces were only seeded as specials: ordinary entries again
+        raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] in _ORDER[kind]]
+        tok = Tokenizer.from_str(json.dumps(raw))
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
