@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from tlutils.data import MODEL_INPUTS
 from tlutils.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class FinetuneRecipe:
 def accepted_inputs(model: "PreTrainedModel") -> set[str]:
     """The batch keys ``model.forward`` takes among ``input_ids``, ``attention_mask``, ``token_type_ids``."""
     params = inspect.signature(model.forward).parameters
-    return {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params}
+    return {k for k in MODEL_INPUTS if k in params}
 
 
 def with_token_types(tokenizer: "PreTrainedTokenizerBase", model: "PreTrainedModel") -> "PreTrainedTokenizerBase":

@@ -201,6 +201,20 @@ def total_optimizer_steps(batches_per_epoch: int, epochs: int, grad_accum_steps:
     return min(steps, max_steps) if max_steps is not None else steps
 
 
+def encode(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+           token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean-pooled last states of ``encoder`` (a Hugging Face encoder or a ``CachedFeatureEncoder``).
+
+    Shapes:
+        input_ids (B, T) -> (B, H).
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+    states = encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
+    return mean_pool(states, attention_mask)  # (B, H)
+
+
 class DomainDiscriminator(torch.nn.Module):
     """A small MLP that tells the target's rows from the sources': one logit per row.
 
@@ -266,11 +280,7 @@ class DANNModel(torch.nn.Module):
     def representation(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                        token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The features ``z``: mean-pooled last states. (B, T) -> (B, H)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
-        return mean_pool(states, attention_mask)  # (B, H)
+        return encode(self.encoder, input_ids, attention_mask, token_type_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,

@@ -51,8 +51,7 @@ from torch import nn
 
 from tlutils.data import MODEL_INPUTS, make_loader
 from tlutils.errors import ConfigError, DataError
-from tlutils.methods.domain import DomainDiscriminator, TrainingProgress, domain_shift_score, grad_reverse
-from tlutils.methods.features import mean_pool
+from tlutils.methods.domain import DomainDiscriminator, TrainingProgress, domain_shift_score, encode, grad_reverse
 
 LossFn = Callable[[nn.Module, dict], "tuple[torch.Tensor, dict[str, float]]"]
 GATES = ("average", "attention")
@@ -194,20 +193,6 @@ def _subset(batch: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     """The batch restricted to ``rows`` (a (B,) bool mask) in every per-example tensor."""
     n = len(rows)
     return {k: (v[rows] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n else v) for k, v in batch.items()}
-
-
-def encode(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-           token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean-pooled last states of ``encoder`` (a Hugging Face encoder or a ``CachedFeatureEncoder``).
-
-    Shapes:
-        input_ids (B, T) -> (B, H).
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-    states = encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
-    return mean_pool(states, attention_mask)  # (B, H)
 
 
 class SourceClassifier(nn.Module):
