@@ -582,14 +582,15 @@ def test_single_source_dann_changes_the_features_but_not_the_accuracy_for_the_be
 
 def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_labels_still_matter():
     """The corpus (7.77 MB, 1,388,666 words; 11,663 training sentences dropped as evaluation
-    overlap, 4,758 as duplicates) pretrains a GPT-2 and a BERT miniature for the same 100 steps.
+    overlap, 4,758 as duplicates) pretrains a GPT-2 and a BERT miniature for the same 200 steps.
     The causal model beats unigram counts but not bigram counts on held-out text; the masked model
-    does not yet beat unigram counts on its fixed masks. Downstream (linear probes on Amazon
+    is not resolved from unigram counts on its fixed masks. Downstream (linear probes on Amazon
     sentiment, 50/200/800 labels, five seeds), the pretrained miniature BERT is not resolved from
     its random-weight twin at any budget (the main comparison); the pretrained GPT-2 miniature
-    beats its random twin at 800 labels; the masked miniature beats the causal one as an encoder;
-    MiniLM beats the miniature from 200 labels on, and MiniLM with 800 labels beats MiniLM with 50:
-    the article's "no labelled data needed" does not hold. BERT is not a next-word LM."""
+    beats its random twin at 800 labels; the masked miniature beats the causal one as an encoder,
+    and its mean beats its [CLS]; MiniLM beats the miniature from 200 labels on, and MiniLM with
+    800 labels beats MiniLM with 50: the article's "no labelled data needed" does not hold. BERT
+    is not a next-word LM."""
     m = record("language_models")["metrics"]
     corpus = m["corpus"]
     assert corpus["words"] == 1_388_666 and corpus["removed"]["evaluation_overlap"] == 11_663
@@ -597,7 +598,7 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
     table = m["tokenizers"]["table"]
     assert table["bpe"]["exact round trip"] == 1.0 and table["wordpiece"]["exact round trip"] < 0.1
     pre = m["pretraining"]
-    assert pre["causal LM (GPT-2)"]["steps"] == pre["masked LM (BERT)"]["steps"] == 100
+    assert pre["causal LM (GPT-2)"]["steps"] == pre["masked LM (BERT)"]["steps"] == 200
     assert all(p["tokens_per_second"] > 0 for p in pre.values())
 
     def c(name: str) -> dict:
@@ -608,7 +609,7 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
     assert main["verdict"] == "not resolved" and main["n"] == 15 and main["low"] < 0 < main["high"]
     assert c("causal LM vs unigram baseline (held-out loss)")["verdict"] == "A better"
     assert c("causal LM vs bigram baseline (held-out loss)")["verdict"] == "B better"
-    assert c("masked LM vs unigram baseline (held-out loss)")["verdict"] == "B better"
+    assert c("masked LM vs unigram baseline (held-out loss)")["verdict"] == "not resolved"
     for n in (50, 200, 800):
         assert c(f"pretrained vs random-weight miniature BERT at {n} labels (seeds)")["verdict"] == "not resolved"
     assert c("MiniLM vs pretrained miniature BERT at 50 labels (seeds)")["verdict"] == "not resolved"
@@ -616,7 +617,7 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
         assert c(f"MiniLM vs pretrained miniature BERT at {n} labels (seeds)")["verdict"] == "A better"
     assert c("pretrained vs random-weight miniature GPT-2 at 800 labels (seeds)")["verdict"] == "A better"
     assert c("masked vs causal miniature as encoders at 800 labels (seeds)")["verdict"] == "A better"
-    assert c("masked LM mean vs [CLS] at 800 labels (seeds)")["verdict"] == "not resolved"
+    assert c("masked LM mean vs [CLS] at 800 labels (seeds)")["verdict"] == "A better"
     assert all(c(name)["family_size"] == 17 for name in m["comparisons"] if name != m["main_comparison"])
     article = m["article"]
     assert article["bert_is_a_next_word_lm"] is False and article["no_labels_needed_held"] is False
@@ -628,26 +629,28 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
 
 
 def test_recipes_switches_on_one_miniature_at_equal_compute():
-    """Nine arms of one miniature (4 layers, hidden 128, WordPiece-8k), 40 steps of 32 sequences of
-    up to 64 tokens each (ELECTRA 36 steps, its equal FLOPs; batch x4 10 steps), scored on the same
-    1,891 masked positions of 256 held-out sequences. Sharing layers costs held-out MLM loss (the
-    main comparison); so do factorising (E=32), NSP, static masking (on a 400-document subset seen
-    ~2.9 times) and four times the batch at equal tokens; SOP is not resolved against MLM alone.
-    The pair heads and both Amazon fine-tunes sit at the majority class: at this budget those
-    verdicts measure nothing, and the chapter says so. ELECTRA's RTD accuracy is at the all-original floor."""
+    """Nine arms of one miniature (4 layers, hidden 128, WordPiece-8k), 80 steps of 32 sequences of
+    up to 64 tokens each (ELECTRA 72 steps, its equal FLOPs; batch x4 20 steps), scored on the same
+    1,891 masked positions of 256 held-out sequences. Sharing layers is not resolved from the
+    baseline on held-out MLM loss (the main comparison), nor are NSP or SOP; factorising (E=32),
+    static masking (on a 400-document subset seen about six times) and four times the batch at
+    equal tokens cost held-out loss. The pair heads and both Amazon fine-tunes sit at the majority
+    class: at this budget those verdicts measure nothing, and the chapter says so. ELECTRA's RTD
+    accuracy is at the all-original floor."""
     m = record("recipes")["metrics"]
     assert m["arms"][0] == "BERT (MLM)" and len(m["arms"]) == 9
-    assert m["recipes"]["ELECTRA"]["steps"] == 36 and m["recipes"]["batch x4"]["steps"] == 10
+    assert m["recipes"]["ELECTRA"]["steps"] == 72 and m["recipes"]["batch x4"]["steps"] == 20
     assert m["heldout"]["sequences"] == 256 and m["heldout"]["masked_positions"] == 1891
     main = comparison("recipes", m["main_comparison"])
     assert m["main_comparison"] == "ALBERT shared vs BERT (MLM): held-out MLM"
-    assert main["verdict"] == "B better" and main["p_adjusted"] is None
+    assert main["verdict"] == "not resolved" and main["p_adjusted"] is None
     c = m["comparisons"]
-    for arm, other in [("ALBERT factorised", "BERT (MLM)"), ("BERT + NSP", "BERT (MLM)"),
-                       ("static (subset)", "dynamic (subset)"), ("batch x4", "BERT (MLM)")]:
+    for arm, other in [("ALBERT factorised", "BERT (MLM)"), ("static (subset)", "dynamic (subset)"),
+                       ("batch x4", "BERT (MLM)")]:
         assert c[f"{arm} vs {other}: held-out MLM"]["verdict"] == "B better", arm
         assert c[f"{arm} vs {other}: held-out MLM"]["family_size"] == 8
-    assert c["BERT + SOP vs BERT (MLM): held-out MLM"]["verdict"] == "not resolved"
+    for arm in ("BERT + NSP", "BERT + SOP"):
+        assert c[f"{arm} vs BERT (MLM): held-out MLM"]["verdict"] == "not resolved", arm
     for kind in ("NSP", "SOP"):
         assert c[f"BERT + SOP vs BERT + NSP: {kind} accuracy"]["verdict"] == "not resolved"
     assert c["ELECTRA vs BERT (MLM): Amazon accuracy"]["verdict"] == "not resolved"
@@ -659,27 +662,31 @@ def test_recipes_switches_on_one_miniature_at_equal_compute():
     assert abs(e["final"]["rtd_accuracy"] - e["rtd_floor"]) < 0.01
 
 
-def test_bert_pretraining_lowers_the_heldout_loss_but_nsp_and_the_downstream_gain_stay_unresolved():
-    """A miniature BERT (1.88M parameters) pretrained with MLM+NSP for 96 steps (256k tokens):
-    the held-out MLM loss falls from ln V (8.99) to 6.84 on the same 2,219 masked positions,
-    resolved against the random weights and against the first snapshot; NSP accuracy on 105
-    held-out pairs stays at chance (the model predicts one class). Downstream on Amazon
-    (320 rows, 3 seeds) both miniatures, pretrained or not, predict one class in every seed, so
-    their comparison is not resolved and measures nothing; MiniLM (75.7%) beats the pretrained
-    miniature."""
+def test_bert_pretraining_lowers_the_heldout_loss_and_learns_nsp_but_buys_no_downstream_gain():
+    """A miniature BERT (1.88M parameters) pretrained with MLM+NSP for 400 steps (1.06M tokens):
+    the held-out MLM loss falls from ln V (8.99) to 6.62 on the same 2,219 masked positions,
+    resolved against the random weights and against the first snapshot (step 100); NSP accuracy
+    on 105 held-out pairs rises to 0.81, resolved against chance. Downstream on Amazon (512
+    training reviews, 400 test reviews, three seeds, each start at its own learning rate) the
+    pretrained miniature is not resolved from random weights over seeds (the main comparison),
+    and on seed 0's test reviews the random weights are better: this pretraining buys no
+    accuracy. MiniLM beats the pretrained miniature."""
     m = record("bert")["metrics"]
     assert m["main_comparison"] == "pretrained vs random miniature (Amazon, seeds)"
     c = m["comparisons"]
     pre = m["pretraining"]
-    assert pre["steps"] == 96 and pre["parameters"] == 1_875_778 and pre["tokens_per_second"] > 0
+    assert pre["steps"] == 400 and pre["parameters"] == 1_875_778 and pre["tokens_per_second"] > 0
     assert m["masking"]["chosen_special_tokens"] == 0 and abs(m["nsp"]["not_next_share"] - 0.5) < 0.01
     assert c["held-out MLM loss: final vs random weights (same masks)"]["verdict"] == "A better"
-    assert c["held-out MLM loss: final vs step 24 (same masks)"]["verdict"] == "A better"
-    assert c["held-out NSP accuracy: final vs random weights (same pairs)"]["verdict"] == "not resolved"
-    assert m["nsp_final_at_majority_class"]
-    assert pre["curve"][0]["held-out MLM loss"] > pre["curve"][-1]["held-out MLM loss"]
+    assert c["held-out MLM loss: final vs step 100 (same masks)"]["verdict"] == "A better"
+    assert c["held-out NSP accuracy: final vs random weights (same pairs)"]["verdict"] == "A better"
+    assert not m["nsp_final_at_majority_class"] and pre["curve"][-1]["held-out NSP accuracy"] > 0.75
+    assert [row["step"] for row in pre["curve"]] == [0, 100, 200, 300, 400]
+    assert all(a["held-out MLM loss"] > b["held-out MLM loss"] for a, b in zip(pre["curve"], pre["curve"][1:]))
     assert m["checkpoints_measured"] is None  # a CPU run: the real checkpoints are cited only
     assert comparison("bert", m["main_comparison"])["verdict"] == "not resolved"
+    assert c["pretrained vs random miniature (test rows, seed 0)"]["verdict"] == "B better"
     assert c["MiniLM vs pretrained miniature (Amazon, seeds)"]["verdict"] == "A better"
-    floor = m["at_majority_class"]
-    assert all(v for k, v in floor.items() if "miniature" in k) and not any(v for k, v in floor.items() if "MiniLM" in k)
+    sizes = m["sizes"]["finetune"]
+    assert sizes["lr_pretrained"] < sizes["lr_random"] and sizes["train"] == 512
+    assert not any(v for k, v in m["at_majority_class"].items() if "MiniLM" in k)

@@ -250,12 +250,14 @@ def pretrain(recipe: Recipe, *, corpus: Optional[Corpus] = None, callbacks: Sequ
     train_docs, heldout_docs = corpus.split(recipe.heldout_fraction, seed=HELDOUT_SEED)
     train_docs = _subset(train_docs, recipe.max_train_documents, recipe.seed)
     causal = recipe.objective == "clm"
-    train = make_examples(train_docs, tokenizer, recipe.objective, recipe.max_length, recipe.seed)
+    tokens = _document_tokens(corpus, tokenizer, tokenizer_key(corpus.hash, recipe.tokenizer_kind, recipe.vocab_size))
+    train = make_examples(train_docs, tokenizer, recipe.objective, recipe.max_length, recipe.seed,
+                          token_docs=[tokens[id(d)] for d in train_docs])
     if not train:
         raise DataError(f"The corpus gives no {recipe.objective} examples: use more documents.")
     if recipe.masking == "static" and not causal:
         train = duplicate(train, recipe.static_copies)
-    heldout_tokens = tokenize_documents(heldout_docs, tokenizer)
+    heldout_tokens = [tokens[id(d)] for d in heldout_docs]
     heldout = make_examples(heldout_docs, tokenizer, "clm" if causal else "mlm", recipe.max_length,
                             token_docs=heldout_tokens)[:recipe.max_heldout_examples]
     electra = recipe.objective == "electra"
@@ -331,6 +333,23 @@ def pretrain(recipe: Recipe, *, corpus: Optional[Corpus] = None, callbacks: Sequ
     if verbose:
         print(_summary(record, cached=False))
     return PretrainedRun(folder, recipe, record)
+
+
+_TOKENS: dict[tuple[int, str, str], tuple[Corpus, dict[int, list[list[int]]]]] = {}
+
+
+def _document_tokens(corpus: Corpus, tokenizer: Any, key: str) -> dict[int, list[list[int]]]:
+    """The token ids of every corpus document, by ``id(document)``: tokenized once per process
+    and tokenizer, so that several recipes on one vocabulary (a chapter's arms) do not each spend
+    seconds tokenizing the same corpus. Tokenization is per sentence, so a subset's ids are the
+    ones it would get alone. One corpus x tokenizer is kept (the corpus with it, so the ids stay
+    valid)."""
+    cache_key = (id(corpus), corpus.hash, key)
+    if cache_key not in _TOKENS:
+        _TOKENS.clear()
+        ids = tokenize_documents(corpus.documents, tokenizer)
+        _TOKENS[cache_key] = (corpus, {id(d): t for d, t in zip(corpus.documents, ids)})
+    return _TOKENS[cache_key][1]
 
 
 @contextlib.contextmanager
