@@ -67,6 +67,7 @@ class Comparison:
     confidence: float = 0.95
     p_adjusted: Optional[float] = None
     family_size: int = 1
+    unit: Optional[str] = None  # what ``n`` counts, when not seeds or paired examples
 
     @property
     def alpha(self) -> float:
@@ -90,7 +91,8 @@ class Comparison:
         f = f"{{:.{digits}f}}"
         signed = f"{{:+.{digits}f}}"
         level = f"{self.confidence:.0%}"
-        where = f"{self.n} seeds" if "seed" in self.method else f"{self.n} paired examples"
+        where = (f"{self.n} {self.unit}" if self.unit else
+                 f"{self.n} seeds" if "seed" in self.method else f"{self.n} paired examples")
         text = (f"{self.a} vs {self.b}: {self.metric} {f.format(self.value_a)} vs "
                 f"{f.format(self.value_b)}, difference {signed.format(self.difference)} "
                 f"({level} {self.method} interval {signed.format(self.low)} to "
@@ -255,16 +257,18 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str
 
 def compare_seeds(values_a: Sequence[float], values_b: Sequence[float], *,
                   names: tuple[str, str] = ("A", "B"), metric: str = "accuracy",
-                  paired: bool = True, confidence: float = 0.95) -> Comparison:
+                  paired: bool = True, confidence: float = 0.95, unit: Optional[str] = None) -> Comparison:
     """Compare two arms run over several seeds: a t-interval of the mean difference.
 
     Args:
         values_a, values_b: the metric of each seed's run.
         paired: seed ``i`` of A and of B share data order and initial head (``set_seed(i)``),
             so the seed-wise differences are tested (one-sample t); otherwise Welch's t.
+        unit: what the runs are, for the sentence, when they are not plain seeds (for
+            example ``"runs (2 targets x 5 seeds)"`` when targets and seeds are pooled).
 
     Returns:
-        a :class:`Comparison` whose ``n`` is the number of seeds (pairs).
+        a :class:`Comparison` whose ``n`` is the number of runs (pairs).
     """
     from scipy.stats import t, ttest_1samp, ttest_ind
 
@@ -291,7 +295,8 @@ def compare_seeds(values_a: Sequence[float], values_b: Sequence[float], *,
     return Comparison(a=names[0], b=names[1], metric=metric, value_a=float(a.mean()),
                       value_b=float(b.mean()), difference=diff, low=diff - half, high=diff + half,
                       p_value=p, n=int(min(a.size, b.size)),
-                      method="paired seed t" if paired else "Welch seed t", confidence=confidence)
+                      method="paired seed t" if paired else "Welch seed t", confidence=confidence,
+                      unit=unit)
 
 
 # --------------------------------------------------------------------------- many comparisons
