@@ -715,42 +715,50 @@ def test_record_domain_shift_amazon_and_mnli_shifts_resolve_with_whole_splits():
 def test_record_single_source_dann_is_not_better_frozen_or_end_to_end():
     """Whole splits, five seeds: on frozen features DANN's accuracy is not resolved from
     source-only (the small run's source-only win does not survive the whole splits), while its
-    features stay more domain-invariant; the oracle beats source-only on dvd. End to end (MiniLM
-    fine-tuned, 300 rows per domain, three seeds) source-only beats DANN on dvd and is not
-    resolved on kitchen. TAPT on all 800 unlabelled dvd reviews lowers the held-out MLM loss but
-    buys no accuracy."""
+    features stay more domain-invariant; the oracle's edge on dvd (+0.02 over seeds) does not
+    survive Holm (an earlier record resolved it: a noise-level verdict). End to end (MiniLM
+    fine-tuned on dvd as the target, 250 rows per source domain, three seeds) DANN is not
+    resolved from source-only. TAPT on all 800 unlabelled dvd reviews lowers the held-out MLM
+    loss but buys no accuracy."""
     m = record("single_source", "record")["metrics"]
     assert m["main_comparison"] == "DANN vs source-only (all targets and seeds)"
     c = m["comparisons"]
     assert c[m["main_comparison"]]["verdict"] == "not resolved" and c[m["main_comparison"]]["n"] == 10
     assert comparison("single_source", m["main_comparison"])["verdict"] == "B better"
     assert c["DANN vs source-only features: domain error (all targets and seeds)"]["verdict"] == "A better"
-    assert c["oracle vs source-only on dvd (seeds)"]["verdict"] == "A better"
+    oracle = c["oracle vs source-only on dvd (seeds)"]
+    assert oracle["verdict"] == "not resolved" and oracle["low"] > 0 and oracle["p_adjusted"] >= 0.05
     assert c["DAPT vs original encoder on dvd (seeds)"]["verdict"] == "not resolved"
     dapt = m["dapt"]
     assert dapt["budget"]["sequences"] == 800 and dapt["held_out_after"]["mlm_loss"] < dapt["held_out_before"]["mlm_loss"]
+    assert "10 runs (dvd and kitchen x 5 seeds)" in c[m["main_comparison"]]["sentence"]
     e2e = m["e2e"]["comparisons"]
-    assert e2e["dvd"]["verdict"] == "B better" and e2e["dvd"]["b"] == "source-only end to end (dvd)"
-    assert e2e["kitchen"]["verdict"] == "not resolved" and e2e["kitchen"]["n"] == 3
+    assert list(e2e) == ["dvd"] and m["e2e"]["settings"]["rows"]["train"] == 250
+    assert e2e["dvd"]["verdict"] == "not resolved" and e2e["dvd"]["n"] == 3
+    assert not any(v for k, v in m["at_majority_class"].items() if k.startswith("end to end"))
 
 
-def test_record_multi_source_attention_mixture_edges_out_pooling_on_frozen_features_only():
-    """Whole splits, three seeds: pooled over all four Amazon targets' test reviews, MoE-Att
-    beats pooling (the main comparison, +0.017) and so does the oracle; MoE-Avg, MDAN and
-    similarity weighting are not resolved after Holm (the small run's similarity-weighting win
-    does not survive); over seeds (mean over targets) nothing is resolved; end to end on books and
-    kitchen (one seed) no mixture is resolved from pooling, and no arm sits at the majority class."""
+def test_record_multi_source_no_mixture_beats_pooling_and_end_to_end_pooling_wins():
+    """Whole splits, three seeds: pooled over all four Amazon targets' test rows, no mixture,
+    MDAN or similarity weighting is resolved from pooling (the main comparison, MoE-Att, +0.007;
+    an earlier record's +0.017 win did not survive recomputed features, fp32 round-off apart),
+    while the oracle beats it; over seeds nothing is resolved. End to end on books and kitchen
+    (200 rows per source, one seed) pooling beats both mixtures after Holm, and no arm sits at
+    the majority class."""
     m = record("multi_source", "record")["metrics"]
     assert m["main_comparison"] == "MoE-Att (Amazon, all targets) vs pooled (Amazon, all targets)"
     c = m["comparisons"]
     main = c[m["main_comparison"]]
-    assert main["verdict"] == "A better" and main["n"] == 1600 and main["low"] > 0
+    assert main["verdict"] == "not resolved" and main["n"] == 1600 and main["low"] < 0 < main["high"]
     assert comparison("multi_source", m["main_comparison"])["verdict"] == "not resolved"
     assert c["oracle (Amazon, all targets) vs pooled (Amazon, all targets)"]["verdict"] == "A better"
     for arm in ("MoE-Avg", "MDAN", "similarity-weighted"):
         assert c[f"{arm} (Amazon, all targets) vs pooled (Amazon, all targets)"]["verdict"] == "not resolved", arm
     assert m["main_over_seeds"]["verdict"] == "not resolved"
+    assert "was not resolved for MoE-Att" in m["wright_augenstein"]["sentence"]
     e2e = m["e2e"]
     assert e2e["run"] and set(e2e["settings"]["targets"]) == {"books", "kitchen"}
-    assert all(x["verdict"] == "not resolved" for x in e2e["comparisons"].values())
+    assert e2e["settings"]["rows_per_source"] == 200
+    assert len(e2e["comparisons"]) == 4
+    assert all(x["verdict"] == "B better" and x["family_size"] == 4 for x in e2e["comparisons"].values())
     assert not any(arm["at_majority_class"] for target in e2e["results"].values() for arm in target.values())
