@@ -453,6 +453,69 @@ def test_tokenization_keeps_the_texts_and_adds_model_inputs(mrpc_tokenized):
             "length"} <= set(tokenized["train"].column_names)
 
 
+def _counting(tokenizer, monkeypatch) -> list[int]:
+    """Count the tokenizer's calls (tokenize_task calls it twice per batch when it tokenizes)."""
+    calls: list[int] = []
+    original = type(tokenizer).__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counted)
+    return calls
+
+
+def test_a_second_tokenization_of_the_same_rows_is_read_back_from_the_cache(mrpc_sample, tokenizer, tmp_path, data_dir,
+                                                                            monkeypatch):
+    calls = _counting(tokenizer, monkeypatch)
+    first, report = tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    assert calls and len(list(tmp_path.glob("tokens-mrpc-*"))) == 1
+    del calls[:]
+    again = load_task("mrpc", max_train_examples=400, max_eval_examples=100, data_dir=data_dir, seed=0)
+    second, report2 = tokenize_task(again, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    assert calls == []  # not tokenized again: read from disk
+    assert report2.counts == report.counts
+    for split in first:
+        assert second[split].column_names == first[split].column_names
+        assert second[split].to_dict() == first[split].to_dict()
+        assert second[split].cache_files  # memory-mapped from the cache, not a copy in memory
+
+
+def test_the_cache_key_covers_rows_length_and_tokenizer(mrpc_sample, tokenizer, tmp_path, data_dir):
+    from pretraining_helpers import tiny_tokenizer
+
+    tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=40, cache_dir=tmp_path)
+    other_rows = load_task("mrpc", max_train_examples=400, max_eval_examples=100, data_dir=data_dir, seed=1)
+    tokenize_task(other_rows, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    small = tiny_tokenizer()
+    assert tldata.tokenizer_fingerprint(small) != tldata.tokenizer_fingerprint(tokenizer)
+    tokenized, _ = tokenize_task(mrpc_sample, small, "mrpc", max_length=48, cache_dir=tmp_path)
+    assert max(max(ids) for ids in tokenized["train"]["input_ids"]) < len(small)
+    assert len(list(tmp_path.glob("tokens-mrpc-*"))) == 4
+
+
+def test_two_loads_of_one_tokenizer_share_a_fingerprint(tokenizer):
+    from tlutils.models import load_tokenizer
+
+    assert tldata.tokenizer_fingerprint(load_tokenizer("tiny-bert")) == tldata.tokenizer_fingerprint(tokenizer)
+
+
+def test_cache_false_writes_nothing_and_other_ranks_only_read(mrpc_sample, tokenizer, tmp_path, monkeypatch):
+    tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache=False, cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "1")  # a second process of accelerate launch
+    tokenized, _ = tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir()) and len(tokenized["train"]) == 400
+    monkeypatch.setenv("RANK", "0")
+    tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    calls = _counting(tokenizer, monkeypatch)
+    tokenize_task(mrpc_sample, tokenizer, "mrpc", max_length=48, cache_dir=tmp_path)
+    assert calls == [] and [p.name.endswith(".tmp") for p in tmp_path.iterdir()] == [False]
+
+
 @pytest.mark.parametrize("max_length", [513, 1024])
 def test_max_length_beyond_the_tokenizer_is_refused(mrpc_sample, tokenizer, max_length):
     assert tokenizer.model_max_length == 512

@@ -14,9 +14,12 @@ Batches are Hugging Face dicts (``input_ids``, ``attention_mask``, ``token_type_
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from tlutils.config import quiet_progress
+from tlutils.config import is_main_process, output_dir, quiet_progress
 from tlutils.errors import ConfigError, DataError, DataNotFoundError
 
 if TYPE_CHECKING:  # imported lazily: `datasets` costs a second at import time
@@ -447,23 +450,86 @@ def check_max_length(tokenizer: "PreTrainedTokenizerBase", max_length: int,
                           f"use max_length <= {limit} (longer inputs are truncated and reported).")
 
 
+TOKEN_CACHE_VERSION = 1  # bump when the output changes for the same inputs outside tokenize_task's own code
+
+
+def tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
+    """A digest of everything that decides a tokenizer's output: its class, its vocabulary and
+    rules (the fast tokenizer's JSON), its special tokens, model inputs and sides.
+
+    Two loads of one checkpoint share it; a tokenizer trained on the spot gets its own.
+    """
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # without the truncation and padding that the last call left set
+        rules = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        digest.update(json.dumps(rules, sort_keys=True).encode())
+    else:  # a slow tokenizer: datasets' own hasher pickles it
+        from datasets.fingerprint import Hasher
+
+        digest.update(Hasher.hash(tokenizer).encode())
+    digest.update(json.dumps([tokenizer.special_tokens_map, list(tokenizer.model_input_names),
+                              tokenizer.padding_side, tokenizer.truncation_side, len(tokenizer)],
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _token_cache_path(data: "DatasetDict", tokenizer: "PreTrainedTokenizerBase", task: TaskSpec,
+                      max_length: int, cache_dir: Optional[os.PathLike]) -> Optional[Path]:
+    """Where the tokenized ``data`` is kept, or None when a split has no content fingerprint."""
+    splits = {}
+    for split, dataset in data.items():
+        fingerprint = getattr(dataset, "_fingerprint", None)  # datasets' hash of the rows and their history
+        if not fingerprint:
+            return None
+        splits[split] = fingerprint
+    import tokenizers
+
+    code = hashlib.sha256(inspect.getsource(tokenize_task).encode()).hexdigest()  # a changed encoding: a new key
+    key = {"version": TOKEN_CACHE_VERSION, "code": code, "tokenizers": tokenizers.__version__, "task": task.name, "max_length": max_length,
+           "tokenizer": tokenizer_fingerprint(tokenizer), "splits": splits}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    folder = Path(cache_dir) if cache_dir is not None else output_dir("token_cache")
+    return folder / f"tokens-{task.name}-{digest}"
+
+
 def tokenize_task(
     data: "DatasetDict",
     tokenizer: "PreTrainedTokenizerBase",
     task: TaskSpec | str,
     max_length: int,
     model_positions: Optional[int] = None,
+    *,
+    cache: bool = True,
+    cache_dir: Optional[os.PathLike] = None,
 ) -> tuple["DatasetDict", TruncationReport]:
     """Tokenize every split: single texts or pairs (``[CLS] a [SEP] b [SEP]``), truncated to
     ``max_length`` with the ``longest_first`` strategy, unpadded (batches pad themselves).
+
+    The result is kept on disk, keyed by the rows (each split's ``datasets`` fingerprint), the
+    tokenizer (:func:`tokenizer_fingerprint`), the task and ``max_length``: a second call with
+    the same inputs, in this process or another chapter, reads it back memory-mapped instead
+    of tokenizing again (and processes of one ``accelerate launch`` share the pages instead of
+    holding a copy each). Only the main process writes.
+
+    Args:
+        cache: keep and reuse the result on disk (False: always tokenize, write nothing).
+        cache_dir: the cache's folder; default ``tlutils.config.output_dir("token_cache")``.
 
     Returns:
         the tokenized data (``input_ids``, ``attention_mask``, ``token_type_ids`` where the
         model uses them, ``labels``, ``length``; the text columns stay for inspection) and a
         :class:`TruncationReport`.
     """
+    from datasets import DatasetDict
+
     task = get_task(task) if isinstance(task, str) else task
     check_max_length(tokenizer, max_length, model_positions)
+    path = _token_cache_path(data, tokenizer, task, max_length, cache_dir) if cache else None
+    if path is not None and (path / "report.json").is_file():
+        counts = json.loads((path / "report.json").read_text())
+        report = TruncationReport(max_length, {k: tuple(v) for k, v in counts.items()})
+        return DatasetDict.load_from_disk(str(path)), report
     report = TruncationReport(max_length)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -482,7 +548,17 @@ def tokenize_task(
     for split, dataset in out.items():
         full = dataset["full_length"]
         report.counts[split] = (len(full), sum(n > max_length for n in full), max(full, default=0))
-    return out.remove_columns("full_length"), report
+    out = out.remove_columns("full_length")
+    if path is not None and is_main_process():  # one writer; renamed whole, so a reader never sees half
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with quiet_progress():
+            out.save_to_disk(str(tmp))
+        (tmp / "report.json").write_text(json.dumps(report.counts))
+        try:
+            tmp.rename(path)
+        except OSError:  # another process kept the same tokens first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out, report
 
 
 # --------------------------------------------------------------------------- batching
