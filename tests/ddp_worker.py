@@ -1,7 +1,8 @@
 """One rank of a data-parallel ``fit`` run, for tests/test_distributed.py.
 
-Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE] [unfreeze|nan]
-(``nan``: rank 1's loss is NaN at its third step; each rank records whether it raised).
+Usage: accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py OUT_DIR [BATCH_SIZE] [unfreeze|nan|evalfn]
+(``nan``: rank 1's loss is NaN at its third step; each rank records whether it raised.
+``evalfn``: a custom evaluation whose scores differ by rank, then one sharded across ranks).
 (or plain ``python`` for the one-process reference). Each rank writes OUT_DIR/rank<r>.json:
 the examples of every batch it trained on, its learning rates, its history and a digest of
 its final weights.
@@ -62,6 +63,30 @@ def main() -> None:
             raised = str(err)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"rank{rank}.json").write_text(json.dumps({"raised": raised, "steps": len(calls)}))
+        return
+    if "evalfn" in sys.argv[3:]:
+        scores = {0: [0.1, 0.3, 0.2], 1: [0.3, 0.1, 0.2]}[rank]  # rank 1 alone would keep epoch 1 and stop
+        calls = []
+
+        def by_rank(model_, data_):
+            calls.append(len(data_))
+            return {"score": scores[len(calls) - 1]}
+
+        patient = TrainConfig.from_profile(cfg, epochs=3, batch_size=batch_size, learning_rate=1e-3,
+                                           mixed_precision="no", progress=False, seed=0, early_stopping_patience=1)
+        history = fit(model, encoded["train"], encoded["validation"], config=patient, eval_fn=by_rank)
+        shares = []
+
+        def positive_share(model_, data_):  # a mean over rows: exact when sharded
+            shares.append(len(data_))
+            return {"positive": sum(data_["labels"]) / len(data_)}
+
+        sharded = fit(model, encoded["train"], encoded["validation"], config=patient, eval_fn=positive_share,
+                      shard_eval=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"rank{rank}.json").write_text(json.dumps({
+            "history": history.to_dict(), "calls": calls, "sharded": sharded.to_dict(), "shares": shares,
+            "positive": sum(encoded["validation"]["labels"]) / len(encoded["validation"])}))
         return
     history = fit(model, encoded["train"], encoded["validation"], task="mrpc", config=config,
                   collate_fn=collate, **extra)

@@ -41,13 +41,17 @@ def runs(tmp_path_factory):
     launch[launch.index(str(out / "unfreeze"))] = str(out / "nan")
     nan = subprocess.run(launch + ["nan"], capture_output=True, text=True, env=_env(), timeout=120)  # a hang fails
     assert nan.returncode == 0, nan.stderr[-3000:]
+    launch[launch.index(str(out / "nan"))] = str(out / "evalfn")
+    evalfn = subprocess.run(launch + ["evalfn"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert evalfn.returncode == 0, evalfn.stderr[-3000:]
     one = subprocess.run([sys.executable, str(WORKER), str(out / "one"), "16"], capture_output=True,
                          text=True, env=_env(), timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     load = lambda path: json.loads(path.read_text())
     return ([load(out / "two" / f"rank{r}.json") for r in (0, 1)], load(out / "one" / "rank0.json"),
             [load(out / "unfreeze" / f"rank{r}.json") for r in (0, 1)],
-            [load(out / "nan" / f"rank{r}.json") for r in (0, 1)])
+            [load(out / "nan" / f"rank{r}.json") for r in (0, 1)],
+            [load(out / "evalfn" / f"rank{r}.json") for r in (0, 1)])
 
 
 def _epochs(rank: dict) -> list[list[int]]:
@@ -57,7 +61,7 @@ def _epochs(rank: dict) -> list[list[int]]:
 
 
 def test_ranks_see_disjoint_examples_covering_every_epoch(runs):
-    (r0, r1), _, _, _ = runs
+    (r0, r1), *_ = runs
     assert r0["per_epoch"] == r1["per_epoch"] == N_TRAIN // 2 // 8  # equal batch counts, none dropped
     for a, b in zip(_epochs(r0), _epochs(r1)):
         assert not set(a) & set(b)
@@ -65,14 +69,14 @@ def test_ranks_see_disjoint_examples_covering_every_epoch(runs):
 
 
 def test_every_epoch_has_a_new_order_on_every_rank(runs):
-    (r0, r1), _, _, _ = runs
+    (r0, r1), *_ = runs
     for rank in (r0, r1):
         first, second, third = _epochs(rank)
         assert first != second != third and first != third
 
 
 def test_schedule_ends_at_zero_with_one_step_per_global_batch(runs):
-    (r0, r1), _, _, _ = runs
+    (r0, r1), *_ = runs
     for rank in (r0, r1):
         steps = rank["history"]["steps"]
         assert len(steps) == EPOCHS * N_TRAIN // 16
@@ -82,7 +86,7 @@ def test_schedule_ends_at_zero_with_one_step_per_global_batch(runs):
 
 
 def test_both_ranks_end_with_identical_weights_and_metrics(runs):
-    (r0, r1), _, _, _ = runs
+    (r0, r1), *_ = runs
     assert r0["weights"] == r1["weights"]
     assert r0["history"]["epochs"] == r1["history"]["epochs"]
     assert r0["history"]["train_samples"] == EPOCHS * N_TRAIN  # every example counted once per epoch
@@ -92,7 +96,7 @@ def test_two_processes_agree_with_one_at_the_same_global_batch(runs):
     """Not bit-identical (the batches hold other examples), but the same run: the stated
     tolerance is 0.05 on each epoch's training loss (about 0.69 here) and the same number of
     optimizer steps; the evaluation covers the same 32 pairs in both."""
-    (r0, _), one, _, _ = runs
+    (r0, _), one, *_ = runs
     two_epochs, one_epochs = r0["history"]["epochs"], one["history"]["epochs"]
     assert len(r0["history"]["steps"]) == len(one["history"]["steps"])
     for a, b in zip(two_epochs, one_epochs):
@@ -103,7 +107,7 @@ def test_two_processes_agree_with_one_at_the_same_global_batch(runs):
 def test_layers_unfrozen_later_are_averaged_across_ranks(runs):
     """Gradual unfreezing under DDP: the blocks that join after the model was wrapped get their
     gradients all-reduced too, so the ranks (which saw different examples) stay identical."""
-    _, _, (u0, u1), _ = runs
+    _, _, (u0, u1), *_ = runs
     assert u0["weights"] == u1["weights"]
     assert u0["history"]["epochs"] == u1["history"]["epochs"]
 
@@ -111,6 +115,28 @@ def test_layers_unfrozen_later_are_averaged_across_ranks(runs):
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_the_update(runs):
     """Rank 1 alone sees a NaN loss; both ranks raise at the same step (none hangs waiting for
     the other's gradients), and the message says the update was not applied."""
-    *_, (n0, n1) = runs
+    *_, (n0, n1), _ = runs
     assert n0["raised"] and n1["raised"] and n0["steps"] == n1["steps"] == 3
     assert "optimizer step 3" in n0["raised"] and "the update was not applied" in n1["raised"]
+
+
+def test_a_custom_evaluation_decides_alike_on_every_rank(runs):
+    """A custom eval_fn whose scores differ by rank (rank 1 alone would keep epoch 1 and stop
+    after epoch 2): the main process's scores decide on both ranks, so both keep epoch 2, train
+    all three epochs and end identical; every rank evaluated the whole split."""
+    *_, (e0, e1) = runs
+    for rank in (e0, e1):
+        assert [e["eval_score"] for e in rank["history"]["epochs"]] == [0.1, 0.3, 0.2]
+        assert rank["history"]["best_epoch"] == 2 and len(rank["calls"]) == 3
+        assert rank["calls"] == [32, 32, 32]
+    assert e0["history"]["epochs"] == e1["history"]["epochs"]
+
+
+def test_a_sharded_evaluation_splits_the_rows_and_averages_exactly(runs):
+    """shard_eval: each rank scores its own 16 of the 32 rows, and the size-weighted mean of a
+    per-row metric equals the whole split's on both ranks."""
+    *_, (e0, e1) = runs
+    assert e0["shares"] == e1["shares"] == [16] * len(e0["sharded"]["epochs"])
+    for rank in (e0, e1):
+        for epoch in rank["sharded"]["epochs"]:
+            assert epoch["eval_positive"] == pytest.approx(rank["positive"], abs=1e-12)

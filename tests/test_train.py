@@ -159,6 +159,21 @@ def test_bad_settings_raise(mrpc):
                     {"early_stopping_patience": 0}, {"max_steps": 0}):
         with pytest.raises(ConfigError, match=f"{next(iter(setting))}=0: use"):
             fit(model, mrpc["train"], task="mrpc", config=_config(**setting))
+    with pytest.raises(ConfigError, match="shard_eval=True applies to a custom eval_fn"):
+        fit(model, mrpc["train"], mrpc["validation"], task="mrpc", config=_config(), shard_eval=True)
+
+
+def test_one_process_evaluates_the_whole_split_whatever_shard_says():
+    from tlutils.train import evaluate_across_ranks
+
+    seen = []
+
+    def mean_label(model, rows):
+        seen.append(len(rows))
+        return {"positive": sum(r["labels"] for r in rows) / len(rows)}
+
+    rows = [{"labels": y} for y in (1, 0, 1, 1)]
+    assert evaluate_across_ranks(mean_label, None, rows, shard=True) == {"positive": 0.75} and seen == [4]
 
 
 def test_a_model_with_too_few_outputs_is_refused_before_training():
