@@ -91,6 +91,14 @@ def test_the_recipe_follows_the_papers():
     assert r.max_length == 128 and r.warmup_fraction == 0.06 and r.mixed_precision == "auto"
 
 
+def test_the_recipe_becomes_fit_settings_with_its_own_values():
+    recipe = FinetuneRecipe()
+    config = recipe.train_config(seed=3, select_best=False)
+    assert (config.learning_rate, config.warmup_fraction, config.epochs, config.batch_size) == (2e-5, 0.06, 3, 32)
+    assert (config.seed, config.select_best, config.weight_decay) == (3, False, 0.01)
+    assert recipe.train_config(mixed_precision="no").mixed_precision == "no"  # a setting overrides the recipe
+
+
 @pytest.mark.parametrize("family", list(TINY))
 def test_pair_encoding_and_segment_ids_of_each_architecture(family, wordpiece_vocab, bpe_files):
     tokenizer = throwaway_tokenizer(family, wordpiece_vocab, bpe_files)

@@ -43,6 +43,8 @@ from tlutils.errors import ConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tlutils.train import TrainConfig
+
 CHECKPOINTS = ("bert-base-uncased", "albert-base-v2", "roberta-base", "distilbert-base-uncased",
                "google/electra-base-discriminator")
 GLUE_TASKS = ("mrpc", "rte")
@@ -87,6 +89,14 @@ class FinetuneRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def train_config(self, **settings: Any) -> "TrainConfig":
+        """The :class:`tlutils.train.TrainConfig` of this recipe (its own rate and warmup, not
+        ``fit``'s defaults), with ``settings`` (seed, progress, ...) set or overriding it."""
+        from tlutils.train import TrainConfig
+
+        keys = ("epochs", "learning_rate", "batch_size", "warmup_fraction", "weight_decay", "mixed_precision")
+        return TrainConfig(**{**{k: getattr(self, k) for k in keys}, **settings})
 
 
 def accepted_inputs(model: "PreTrainedModel") -> set[str]:
@@ -180,7 +190,7 @@ def finetune_checkpoint(name: str, task: str, *, recipe: FinetuneRecipe = Finetu
     from tlutils.config import resolve_mixed_precision, set_seed
     from tlutils.data import get_task, load_task, tokenize_task
     from tlutils.models import load_model, load_tokenizer, max_positions
-    from tlutils.train import TrainConfig, fit, predict
+    from tlutils.train import fit, predict
 
     spec = get_task(task)
     began = time.perf_counter()
@@ -196,10 +206,8 @@ def finetune_checkpoint(name: str, task: str, *, recipe: FinetuneRecipe = Finetu
     encoded = encoded.remove_columns([c for c in encoded["train"].column_names
                                       if c in ("token_type_ids",) and c not in keep])
     precision = resolve_mixed_precision(recipe.mixed_precision)
-    config = TrainConfig(epochs=recipe.epochs, learning_rate=recipe.learning_rate, batch_size=recipe.batch_size,
-                         eval_batch_size=128, warmup_fraction=recipe.warmup_fraction,
-                         weight_decay=recipe.weight_decay, mixed_precision=precision, seed=seed,
-                         select_best=False, progress=progress)
+    config = recipe.train_config(eval_batch_size=128, mixed_precision=precision, seed=seed, select_best=False,
+                                 progress=progress)
     history = fit(model, encoded["train"], encoded["validation"], task=spec, config=config,
                   pad_token_id=tokenizer.pad_token_id)
     logits, labels = predict(model, encoded["validation"], batch_size=128, pad_token_id=tokenizer.pad_token_id,
