@@ -124,6 +124,14 @@ def test_compare_seeds_verdicts_and_errors():
         compare_seeds([0.8], [0.7])
 
 
+def test_pooled_runs_are_named_for_what_they_are():
+    """Two targets x three seeds pooled are six runs, not six seeds; the name survives Holm."""
+    c = compare_seeds([0.85, 0.86, 0.87, 0.80, 0.82, 0.81], [0.70, 0.71, 0.73, 0.75, 0.74, 0.76],
+                      unit="runs (dvd and kitchen x 3 seeds)")
+    assert "6 runs (dvd and kitchen x 3 seeds)" in c.sentence() and "seeds)" in c.as_dict()["sentence"]
+    assert "6 seeds" not in c.sentence() and "6 runs" in holm([c])[0].sentence()
+
+
 def test_holm_adjusts_step_down_and_can_unresolve():
     def c(p, d=0.05):
         return Comparison("a", "b", "accuracy", 0.8, 0.75, d, 0.01, 0.09, p, 400, "paired bootstrap")
