@@ -176,6 +176,22 @@ def test_record_findings_read_nested_sections_and_skip_empty_ones(tmp_path):
     (tmp_path / "demo.record.json").write_text(json.dumps(record))
     text = record_findings("demo", root=tmp_path, sections=("comparisons", "over_seeds", "sweep.comparisons", "empty"))
     assert text.count(one["sentence"]) == 3
+    assert "majority class" not in text
+
+
+def test_record_findings_name_the_runs_at_the_majority_class(tmp_path):
+    """A run that predicts one class is called that next to the record's verdicts."""
+    from tlutils.results import record_findings
+
+    flags = {"pretrained / seed 0": True, "random / seed 0": False, "mnli": {"telephone -> government": True}}
+    record = {"chapter": "demo", "profile": "record", "environment": {}, "created": "2026-11-29",
+              "metrics": {"at_majority_class": flags, "downstream": {"at_majority_class": {"ELECTRA": True}},
+                          "comparisons": {}}}
+    (tmp_path / "demo.record.json").write_text(json.dumps(record))
+    last = record_findings("demo", root=tmp_path).splitlines()[-1]
+    assert last.startswith("- At the majority class in this run")
+    assert last.endswith(": pretrained / seed 0, mnli: telephone -> government, downstream: ELECTRA.")
+    assert "random" not in last
 
 
 def test_environment_records_the_commit():
@@ -183,3 +199,14 @@ def test_environment_records_the_commit():
 
     commit = environment()["commit"]
     assert commit is None or len(commit.rstrip("+")) >= 7
+
+
+def test_many_runs_at_the_majority_class_are_counted_per_arm(tmp_path):
+    from tlutils.results import record_findings
+
+    flags = {f"{arm} / seed {s}": True for arm in ("GPT-2 mini", "BERT mini") for s in range(4)}
+    flags["BERT mini / seed 9"] = False
+    record = {"chapter": "demo", "profile": "record", "environment": {}, "created": "2026-11-29",
+              "metrics": {"at_majority_class": flags}}
+    (tmp_path / "demo.record.json").write_text(json.dumps(record))
+    assert record_findings("demo", root=tmp_path).splitlines()[-1].endswith(": GPT-2 mini (4 runs), BERT mini (4 runs).")

@@ -7,6 +7,7 @@ chapters found, with their profile and wall time.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -204,7 +205,35 @@ def record_findings(chapter: str, keys: Optional[Sequence[str]] = None, profile:
             raise KeyError(f"{chapter}.{profile}.json has no comparison {', '.join(map(repr, missing))} "
                            f"(it has {', '.join(map(repr, stored))}).")
         lines += [f"- {stored[k]['sentence']}" for k in chosen]
+    floor = at_majority_class_runs(record.get("metrics", {}))
+    if len(floor) > 6:  # many seeds and budgets: one entry per arm, with its count of runs
+        arms = collections.Counter(name.split(" / ")[0] for name in floor)
+        floor = [arm if n == 1 else f"{arm} ({n} runs)" for arm, n in arms.items()]
+    if floor:
+        lines.append(f"- At the majority class in this run (one class predicted for every example: "
+                     f"their accuracy measures nothing): {', '.join(floor)}.")
     return "\n".join(lines)
+
+
+def at_majority_class_runs(metrics: Any, prefix: str = "") -> list[str]:
+    """The runs a record flags as sitting at the majority class: the true entries of every
+    ``at_majority_class`` dict in its metrics (at the top or inside a section such as
+    ``downstream``), by name; a section's name and nested names are joined by ``": "``."""
+    if not isinstance(metrics, dict):
+        return []
+    found: list[str] = []
+    for key, value in metrics.items():
+        if key == "at_majority_class":
+            found += _true_flags(value, prefix)
+        elif isinstance(value, dict):
+            found += at_majority_class_runs(value, f"{prefix}{key}: ")
+    return found
+
+
+def _true_flags(flags: Any, prefix: str) -> list[str]:
+    if isinstance(flags, dict):
+        return [name for key, value in flags.items() for name in _true_flags(value, f"{prefix}{key}: ")]
+    return [prefix[:-2]] if flags is True else []
 
 
 def stored_comparisons(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
