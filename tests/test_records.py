@@ -762,3 +762,80 @@ def test_record_multi_source_no_mixture_beats_pooling_and_end_to_end_pooling_win
     assert len(e2e["comparisons"]) == 4
     assert all(x["verdict"] == "B better" and x["family_size"] == 4 for x in e2e["comparisons"].values())
     assert not any(arm["at_majority_class"] for target in e2e["results"].values() for arm in target.values())
+
+
+def test_record_bert_longer_pretraining_lowers_the_loss_but_fine_tuning_sits_at_the_floor():
+    """Three times the pretraining (1,200 steps, 3.2M tokens, fp32): the held-out MLM loss falls
+    8.99 -> 6.39 on the same 2,219 masked positions and NSP reaches 0.77 on 105 held-out pairs,
+    resolved. Downstream (1,000 Amazon reviews, 800 test reviews, three seeds) the pretrained
+    miniature is not resolved from random weights (the main comparison) and two of its three
+    seeds sit at the majority class (as does one random seed): the record names them. MiniLM
+    beats the pretrained miniature."""
+    m = record("bert", "record")["metrics"]
+    assert m["main_comparison"] == "pretrained vs random miniature (Amazon, seeds)"
+    c = m["comparisons"]
+    assert c[m["main_comparison"]]["verdict"] == "not resolved" and c[m["main_comparison"]]["n"] == 3
+    assert c["MiniLM vs pretrained miniature (Amazon, seeds)"]["verdict"] == "A better"
+    assert c["pretrained vs random miniature (test rows, seed 0)"]["verdict"] == "B better"
+    for name in ("held-out MLM loss: final vs random weights (same masks)",
+                 "held-out MLM loss: final vs step 300 (same masks)",
+                 "held-out NSP accuracy: final vs random weights (same pairs)"):
+        assert c[name]["verdict"] == "A better", name
+    pre = m["pretraining"]
+    assert pre["steps"] == 1200 and [row["step"] for row in pre["curve"]] == [0, 300, 600, 900, 1200]
+    assert all(a["held-out MLM loss"] > b["held-out MLM loss"] for a, b in zip(pre["curve"], pre["curve"][1:]))
+    assert m["sizes"]["finetune"]["train"] == 1000 and m["sizes"]["finetune"]["test"] == 800
+    floor = {k for k, v in m["at_majority_class"].items() if v}
+    assert floor == {"pretrained miniature / seed 0", "pretrained miniature / seed 2", "random miniature / seed 1"}
+    from tlutils.results import record_findings
+
+    record_text = record_findings("bert")
+    assert "At the majority class in this run" in record_text and "pretrained miniature / seed 2" in record_text
+
+
+def test_record_recipes_longer_pretraining_keeps_sharing_unresolved_and_every_downstream_arm_at_the_floor():
+    """150 steps per arm (ELECTRA 136 at equal FLOPs, batch x4 37), fp32, 2,824 masked positions
+    of 382 held-out sequences: sharing layers is again not resolved from BERT on held-out MLM
+    loss (the main comparison); factorising (alone or with sharing), SOP and static masking cost
+    held-out loss after Holm, NSP and batch x4 are not resolved. Every pair head and every Amazon
+    fine-tune sits at the majority class, so those verdicts measure nothing, and the record's
+    printout names them; ELECTRA's RTD accuracy sits at the all-original floor."""
+    m = record("recipes", "record")["metrics"]
+    assert m["main_comparison"] == "ALBERT shared vs BERT (MLM): held-out MLM"
+    assert {k: v["steps"] for k, v in m["recipes"].items() if k in ("BERT (MLM)", "ELECTRA", "batch x4")} == \
+        {"BERT (MLM)": 150, "ELECTRA": 136, "batch x4": 37}
+    assert m["heldout"]["sequences"] == 382 and m["heldout"]["masked_positions"] == 2824
+    c = m["comparisons"]
+    assert c[m["main_comparison"]]["verdict"] == "not resolved"
+    for arm, other in [("ALBERT factorised", "BERT (MLM)"), ("ALBERT factorised + shared", "BERT (MLM)"),
+                       ("BERT + SOP", "BERT (MLM)"), ("static (subset)", "dynamic (subset)")]:
+        assert c[f"{arm} vs {other}: held-out MLM"]["verdict"] == "B better", arm
+    for arm in ("BERT + NSP", "batch x4"):
+        assert c[f"{arm} vs BERT (MLM): held-out MLM"]["verdict"] == "not resolved", arm
+    assert all(m["pairs"]["at_majority_class"].values()) and all(m["downstream"]["at_majority_class"].values())
+    assert abs(m["electra"]["final"]["rtd_accuracy"] - m["electra"]["rtd_floor"]) < 0.01
+
+
+def test_record_language_models_longer_pretraining_makes_the_miniature_bert_a_worse_encoder_than_random():
+    """400 steps of 32 sequences of up to 128 tokens per miniature (fp32), probes with 50 to
+    2,400 labels and five seeds: the masked model now beats unigram counts, the causal model
+    still does not beat bigram counts; pooled over the four budgets and five seeds (20 runs)
+    the pretrained miniature BERT's features are worse than its random twin's (the main
+    comparison), resolved at 800 and 2,400 labels; the pretrained GPT-2 miniature beats its
+    random twin and MiniLM beats the miniature from 200 labels on. Many GPT-2 probes sit at the
+    majority class, and the record's printout counts them."""
+    m = record("language_models", "record")["metrics"]
+    assert {k: v["steps"] for k, v in m["pretraining"].items()} == {"causal LM (GPT-2)": 400, "masked LM (BERT)": 400}
+    assert m["sizes"]["budgets"] == [50, 200, 800, 2400] and m["sizes"]["seeds"] == 5
+    c = m["comparisons"]
+    main = c[m["main_comparison"]]
+    assert main["verdict"] == "B better" and main["n"] == 20 and "20 runs (4 label budgets x 5 seeds)" in main["sentence"]
+    assert c["masked LM vs unigram baseline (held-out loss)"]["verdict"] == "A better"
+    assert c["causal LM vs bigram baseline (held-out loss)"]["verdict"] == "not resolved"
+    for n in (800, 2400):
+        assert c[f"pretrained vs random-weight miniature BERT at {n} labels (seeds)"]["verdict"] == "B better"
+    for n in (200, 800, 2400):
+        assert c[f"MiniLM vs pretrained miniature BERT at {n} labels (seeds)"]["verdict"] == "A better"
+    assert c["pretrained vs random-weight miniature GPT-2 at 2400 labels (seeds)"]["verdict"] == "A better"
+    assert m["article"]["labels_matter"]["verdict"] == "A better" and m["article"]["no_labels_needed_held"] is False
+    assert not any(v for k, v in m["at_majority_class"].items() if k.startswith("MiniLM"))
