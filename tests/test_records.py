@@ -881,3 +881,21 @@ def test_record_contrastive_every_triplet_widens_supervised_simcse_lead():
     assert c["triplet loss vs random tiny encoder (spearman)"]["verdict"] == "not resolved"
     assert c["minilm + supervised SimCSE vs minilm (packaged) (spearman)"]["verdict"] == "B better"
     assert c["MRPC probe: supervised SimCSE vs random tiny encoder (accuracy)"]["verdict"] == "not resolved"
+
+
+def test_record_multi_task_the_small_runs_joint_gain_on_rte_does_not_hold_on_whole_splits():
+    """Whole training splits, three seeds, fp32, 2,000 steps per feature arm: joint training vs
+    single-task RTE (the main comparison, which the small run resolved for joint) is not
+    resolved, and neither is any other comparison (16 after Holm). The end-to-end pair on 1,000
+    RTE pairs sits at the majority class, and the record's printout says so."""
+    m = record("multi_task", "record")["metrics"]
+    assert m["main_comparison"] == "joint vs single rte" and m["settings"]["e2e_rte"] == 1000
+    assert m["sizes"]["rte"]["train"] == 2490 and m["settings"]["steps"] == 2000
+    assert comparison("multi_task", "joint vs single rte")["verdict"] == "A better"  # the small run
+    c = m["comparisons"]
+    assert c[m["main_comparison"]]["verdict"] == "not resolved" and c[m["main_comparison"]]["n"] == 3
+    assert all(x["verdict"] == "not resolved" for x in c.values()) and len(c) == 17
+    assert all(run["at_majority_class"] for run in m["end_to_end"].values())
+    from tlutils.results import record_findings
+
+    assert "end_to_end: RTE alone" in record_findings("multi_task").splitlines()[-1]
