@@ -14,6 +14,7 @@ Batches are Hugging Face dicts (``input_ids``, ``attention_mask``, ``token_type_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -474,6 +475,15 @@ def tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _tokenization_code() -> str:
+    """What the encoding depends on besides its inputs, read once per process: the source of
+    :func:`tokenize_task` (a changed encoding gets new keys) and the ``tokenizers`` version."""
+    import tokenizers
+
+    return hashlib.sha256((inspect.getsource(tokenize_task) + tokenizers.__version__).encode()).hexdigest()
+
+
 def _token_cache_path(data: "DatasetDict", tokenizer: "PreTrainedTokenizerBase", task: TaskSpec,
                       max_length: int, cache_dir: Optional[os.PathLike]) -> Optional[Path]:
     """Where the tokenized ``data`` is kept, or None when a split has no content fingerprint."""
@@ -483,10 +493,7 @@ def _token_cache_path(data: "DatasetDict", tokenizer: "PreTrainedTokenizerBase",
         if not fingerprint:
             return None
         splits[split] = fingerprint
-    import tokenizers
-
-    code = hashlib.sha256(inspect.getsource(tokenize_task).encode()).hexdigest()  # a changed encoding: a new key
-    key = {"version": TOKEN_CACHE_VERSION, "code": code, "tokenizers": tokenizers.__version__, "task": task.name, "max_length": max_length,
+    key = {"version": TOKEN_CACHE_VERSION, "code": _tokenization_code(), "task": task.name, "max_length": max_length,
            "tokenizer": tokenizer_fingerprint(tokenizer), "splits": splits}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir) if cache_dir is not None else output_dir("token_cache")

@@ -443,21 +443,20 @@ def evaluate_across_ranks(eval_fn: EvalFn, model: torch.nn.Module, eval_data: An
         return dict(eval_fn(model, eval_data))
     import torch.distributed as dist
 
-    if shard:
-        size = len(eval_data)
-        if size < num_processes:
-            raise ConfigError(f"shard_eval needs at least one evaluation row per rank ({size} rows, "
-                              f"{num_processes} ranks): pass more rows or shard_eval=False.")
-        per = math.ceil(size / num_processes)
-        rows = range(min(rank * per, size), min((rank + 1) * per, size))
-        share = eval_data.select(rows) if hasattr(eval_data, "select") else torch.utils.data.Subset(eval_data, rows)
-        mine = (len(rows), {k: float(v) for k, v in eval_fn(model, share).items()} if len(rows) else None)
-    else:
-        mine = (len(eval_data), dict(eval_fn(model, eval_data)))
+    if not shard:
+        decided = [dict(eval_fn(model, eval_data))]
+        dist.broadcast_object_list(decided, src=0)  # the main process's metrics, on every rank
+        return decided[0]
+    size = len(eval_data)
+    if size < num_processes:
+        raise ConfigError(f"shard_eval needs at least one evaluation row per rank ({size} rows, "
+                          f"{num_processes} ranks): pass more rows or shard_eval=False.")
+    per = math.ceil(size / num_processes)
+    rows = range(min(rank * per, size), min((rank + 1) * per, size))
+    share = eval_data.select(rows) if hasattr(eval_data, "select") else torch.utils.data.Subset(eval_data, rows)
+    mine = (len(rows), {k: float(v) for k, v in eval_fn(model, share).items()} if len(rows) else None)
     every: list[Any] = [None] * num_processes
     dist.all_gather_object(every, mine)  # every rank gets every rank's (rows, metrics)
-    if not shard:
-        return every[0][1]
     scored = [(n, m) for n, m in every if m is not None]
     names = list(scored[0][1])
     if any(list(m) != names for _, m in scored):
