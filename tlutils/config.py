@@ -140,12 +140,27 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+_BELOW_BF16 = {"default", "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512", "avx512_core",
+               "avx512_core_vnni", "avx512_e1", "avx512_e2", "avx512_e3"}  # caps without native bf16 kernels
+
+
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in the environment (``ATEN_CPU_CAPABILITY=avx2``,
+    ``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``): the libraries then use no
+    newer instructions than these, which is how a run on a newer CPU measures an AVX2-only one."""
+    return {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name, "").strip()}
+
+
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX).
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX) and no ISA cap in
+    the environment (:func:`isa_caps`) keeps the libraries from using them.
 
     Without them PyTorch emulates bf16 and autocast makes training *slower*, so
     :func:`resolve_mixed_precision` only turns it on where it pays.
     """
+    if any(value.strip().lower() in _BELOW_BF16 for value in isa_caps().values()):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

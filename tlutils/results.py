@@ -43,7 +43,8 @@ def cpu_info() -> dict[str, Any]:
     """The CPU's model name and the instruction-set flags that decide its speed (bf16 or not).
 
     Two machines of "the same" kind differ here (AVX2-only vs native bf16), and a throughput
-    or a verdict measured on one may not hold on the other: every record carries this.
+    or a verdict measured on one may not hold on the other: every record carries this, and
+    the instruction-set caps of the environment where any are set (``isa_caps``).
     """
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -53,7 +54,11 @@ def cpu_info() -> dict[str, Any]:
                   if line.startswith("model name")), platform.machine())
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
                       if line.startswith("flags")), []))
-    return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+    from tlutils.config import isa_caps
+
+    info = {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+    caps = isa_caps()  # a run capped to older instructions measures that older kind of CPU
+    return {**info, "isa_caps": caps} if caps else info
 
 
 def environment(precision: Optional[str] = None) -> dict[str, Any]:
