@@ -15,5 +15,7 @@ def test_bench_compares_fit_with_both_trainers_and_the_machine_limit(tmp_path):
     assert record["speedup"] > 0 and record["speedup_vs_tuned"] > 0
     assert 0 < record["fraction_of_machine_limit"] < 1.5
     assert {v["verdict"] for v in record["validation_verdicts"].values()} <= {"A better", "B better", "not resolved"}
-    assert "machine's limit" in done.stdout
+    assert "machine's limit" in done.stdout and "fit's peak memory" in done.stdout
+    assert all(r["peak_rss_mb"] > 100 for r in record["results"].values())
+    assert set(record["peak_memory_ratio"]) == {"trainer", "trainer-tuned"}
     assert all(isinstance(r["at_majority_class"], bool) for r in record["results"].values())

@@ -568,6 +568,21 @@ def test_length_grouping_pads_less_than_random_batches(mrpc_lengths):
     assert _padding(grouped, mrpc_lengths) < 0.5 * _padding(shuffled, mrpc_lengths)
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_shuffled_batches_start_with_the_longest_full_batch_and_end_with_the_short_one(mrpc_lengths, replicas):
+    # The largest shape first: memory is allocated for it once and reused (lower peak), and an
+    # out-of-memory error shows on the first step; the rest of the order stays shuffled.
+    for epoch in range(3):
+        for rank in range(replicas):
+            batches = length_grouped_batches(mrpc_lengths, 32, seed=0, epoch=epoch, num_replicas=replicas, rank=rank)
+            longest = [max(mrpc_lengths[i] for i in b) for b in batches]
+            full = [t for t, b in zip(longest, batches) if len(b) == 32]
+            assert len(batches[0]) == 32 and longest[0] == max(full)
+            assert all(len(b) == 32 for b in batches[:-1])
+    later = [max(mrpc_lengths[i] for i in b) for b in length_grouped_batches(mrpc_lengths, 32, seed=0, epoch=0)[1:]]
+    assert later != sorted(later, reverse=True) and later != sorted(later)
+
+
 def test_unshuffled_batches_are_sorted_longest_first(mrpc_lengths):
     batches = length_grouped_batches(mrpc_lengths, 32, seed=0, epoch=0, shuffle=False)
     flat = [i for b in batches for i in b]

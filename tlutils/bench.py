@@ -57,10 +57,16 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     logits, labels = predict(model, encoded["validation"])
     scores = compute_metrics(logits, labels, ("accuracy", "f1", "mcc"))
     lengths = [int(8 * -(-n // 8)) for n in encoded["train"]["length"]]  # as fit pads: multiples of 8
+    peak = peak_rss_mb()  # before the limit's own matrices, which are not part of training
     return {"samples_per_second": history.samples_per_second, "train_seconds": history.train_seconds,
             "mixed_precision": history.mixed_precision, **{f"eval_{k}": v for k, v in scores.items()},
-            "predictions": logits.argmax(-1).tolist(), "labels": labels.tolist(),
+            "predictions": logits.argmax(-1).tolist(), "labels": labels.tolist(), "peak_rss_mb": peak,
             "limit": machine_limit(model, lengths, history.mixed_precision)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports ``ru_maxrss`` in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def training_flops(model: Any, length: int) -> float:
@@ -146,7 +152,7 @@ ENGINES = ("fit", "trainer", "trainer-tuned")
 def _child(args: argparse.Namespace) -> None:
     result = {"fit": run_fit, "trainer": run_trainer,
               "trainer-tuned": lambda a: run_trainer(a, tuned=True)}[args.engine](args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.setdefault("peak_rss_mb", peak_rss_mb())  # training and scoring, in this engine's own process
     print("RESULT " + json.dumps(result))
 
 
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     fraction = fit_["samples_per_second"] / fit_["limit"]["pairs_per_second_limit"]
     for e in ENGINES[1:]:
         print(f"fit / {e}: {ratios[e]:.2f}x; {verdicts[e]['sentence']}")
+    memory = {e: fit_["peak_rss_mb"] / results[e]["peak_rss_mb"] for e in ENGINES[1:]}
+    print("fit's peak memory: " + "; ".join(f"{memory[e]:.2f}x {e}'s" for e in ENGINES[1:]))
     print(f"fit at {fraction:.0%} of this machine's limit ({fit_['limit']['pairs_per_second_limit']:.1f} pairs/s "
           f"at {fit_['limit']['matmul_peak_tflops']:.2f} TFLOP/s, {fit_['mixed_precision']})")
     from tlutils.stats import at_majority_class
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
               f"comparisons say nothing about the engines (train longer, or with more pairs, to compare scores)")
     record = {"settings": vars(args) | {"engine": None, "model": "minilm", "task": "mrpc"},
               "results": results, "speedup": ratios["trainer"], "speedup_vs_tuned": ratios["trainer-tuned"],
+              "peak_memory_ratio": memory,
               "validation_verdicts": verdicts, "fraction_of_machine_limit": fraction,
               "accuracy_difference_points": 100 * (fit_["eval_accuracy"] - results["trainer"]["eval_accuracy"]),
               "environment": environment(),
