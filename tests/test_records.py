@@ -174,9 +174,10 @@ def test_distillation_teaches_the_random_student_not_the_one_built_from_the_teac
     # the main comparison: the random student learns more from the teacher than from the gold labels
     assert main["verdict"] == "A better" and main["low"] > 0 and main["p_adjusted"] is None
     # further comparisons, Holm-corrected over four
-    # the same arms by MCC: the unadjusted interval is above zero, but not after Holm over four
+    # the same arms by MCC: resolved after Holm over four (+0.072); with the batch order before the
+    # longest batch went first only the unadjusted interval was above zero: a verdict at the edge
     mcc = comparison("distillation", "random small (distilled) vs random small (hard labels) (mcc)")
-    assert mcc["family_size"] == 4 and mcc["verdict"] == "not resolved" and mcc["low"] > 0 and mcc["p_adjusted"] > 0.05
+    assert mcc["family_size"] == 4 and mcc["verdict"] == "A better" and mcc["low"] > 0 and mcc["p_adjusted"] < 0.05
     a = comparison("distillation", "from-teacher (distilled) vs from-teacher (hard labels) (accuracy)")
     assert a["family_size"] == 4 and a["verdict"] == "not resolved" and a["low"] < 0 < a["high"]
     for student in ("from-teacher", "random small"):  # each distilled student stays below its teacher
@@ -254,9 +255,10 @@ def test_terms_text_findings():
     main = c[m["main_comparison"]]
     assert m["main_comparison"] == "label smoothing 0.1 vs cross-entropy (calibration_score)"
     assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
-    # accuracy, the further comparison: +0.010 here (Holm over one), not resolved in the record run
+    # accuracy, the further comparison: +0.007 here (Holm over one), not resolved, as in the record run
+    # (a batch order earlier had it at +0.010, resolved: a noise-level verdict)
     accuracy = c["label smoothing 0.1 vs cross-entropy (accuracy)"]
-    assert accuracy["verdict"] == "A better" and accuracy["low"] > 0
+    assert accuracy["verdict"] == "not resolved" and accuracy["low"] < 0 < accuracy["high"]
     ls = m["label_smoothing"]
     assert not ls["cross-entropy"]["at_majority_class"] and not ls["label smoothing 0.1"]["at_majority_class"]
     assert ls["label smoothing 0.1"]["mean_confidence"] < ls["cross-entropy"]["mean_confidence"]
@@ -342,7 +344,7 @@ def test_record_feature_extraction_main_holds_for_seed_0_only_and_static_extract
     BiGRU over frozen static embeddings: the small profile's wider margins came with fewer
     training pairs. A C chosen by cross-validation still helps; weight decay 10 hurts the MLP."""
     m = record("feature_extraction", "record")["metrics"]
-    assert m["train_size"] == 3668 and m["eval_size"] == 2133
+    assert m["train_size"] == 3668 and m["eval_size"] == 2133 and m["sparsity"]["trained_repeats"] == 2
     assert m["comparisons"]["frozen_vs_cnn_random"]["verdict"] == "A better"
     assert [r["verdict"] for r in m["main_seed_check"]] == ["A better", "not resolved", "not resolved"]
     assert {m["comparisons"][k]["verdict"] for k in ("frozen_vs_cnn", "frozen_vs_bigru")} == {"not resolved"}
@@ -451,9 +453,10 @@ def test_self_training_helps_most_with_fewest_labels_and_cannot_fix_a_bad_teache
     drift = m["confirmation_bias"]["drift"]
     for name in ("good teacher, confident and balanced", "bad teacher, confident and balanced"):
         assert drift[name]["last_round"] < drift[name]["first_round"]  # more kept, less accurate, round by round
-    # one end-to-end round through fit (MiniLM, 200 labels, one seed, 400 paired pairs): the student wins here
+    # one end-to-end round through fit (MiniLM, 200 labels, one seed, 400 paired pairs): one draw, not
+    # resolved here (-0.012); an earlier batch order had the student ahead, the record the teacher
     e2e = m["e2e"]
-    assert e2e["comparison"]["verdict"] == "A better" and e2e["comparison"]["n"] == 400 and e2e["kept"] > 0
+    assert e2e["comparison"]["verdict"] == "not resolved" and e2e["comparison"]["n"] == 400 and e2e["kept"] > 0
     assert not any(e2e["at_majority_class"].values())
 
 
@@ -587,8 +590,8 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
     is not resolved from unigram counts on its fixed masks. Downstream (linear probes on Amazon
     sentiment, 50/200/800 labels, five seeds), the pretrained miniature BERT is not resolved from
     its random-weight twin at any budget (the main comparison); the pretrained GPT-2 miniature
-    beats its random twin at 800 labels; the masked miniature beats the causal one as an encoder,
-    and its mean beats its [CLS]; MiniLM beats the miniature from 200 labels on, and MiniLM with
+    beats its random twin at 800 labels; the masked miniature beats the causal one as an encoder
+    (its mean against its [CLS] is not resolved after Holm); MiniLM beats the miniature from 200 labels on, and MiniLM with
     800 labels beats MiniLM with 50: the article's "no labelled data needed" does not hold. BERT
     is not a next-word LM."""
     m = record("language_models")["metrics"]
@@ -617,7 +620,9 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
         assert c(f"MiniLM vs pretrained miniature BERT at {n} labels (seeds)")["verdict"] == "A better"
     assert c("pretrained vs random-weight miniature GPT-2 at 800 labels (seeds)")["verdict"] == "A better"
     assert c("masked vs causal miniature as encoders at 800 labels (seeds)")["verdict"] == "A better"
-    assert c("masked LM mean vs [CLS] at 800 labels (seeds)")["verdict"] == "A better"
+    # +0.017 over five seeds, above zero unadjusted but not after Holm over 17 (an earlier batch order
+    # resolved it): the mean is not shown better than [CLS] at this budget
+    assert c("masked LM mean vs [CLS] at 800 labels (seeds)")["verdict"] == "not resolved"
     assert all(c(name)["family_size"] == 17 for name in m["comparisons"] if name != m["main_comparison"])
     article = m["article"]
     assert article["bert_is_a_next_word_lm"] is False and article["no_labels_needed_held"] is False
