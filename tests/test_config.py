@@ -234,16 +234,21 @@ def test_quiet_progress_silences_both_libraries_and_restores_them():
     datasets.enable_progress_bars()
 
 
-@pytest.mark.parametrize("variable, value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
-                                             ("MKL_ENABLE_INSTRUCTIONS", "AVX2"), ("DNNL_MAX_CPU_ISA", "AVX512_CORE")])
-def test_an_isa_cap_below_bf16_turns_native_bf16_off(monkeypatch, tmp_path, variable, value):
-    # A CPU with avx512_bf16, capped to older instructions, is measured as the older kind: fp32.
+@pytest.fixture
+def bf16_cpu(monkeypatch, tmp_path):
+    """A CPU whose flags include avx512_bf16, with no instruction-set cap in the environment."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
     real_path = config.Path
     monkeypatch.setattr(config, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
     for name in config.ISA_CAP_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("variable, value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                                             ("MKL_ENABLE_INSTRUCTIONS", "AVX2"), ("DNNL_MAX_CPU_ISA", "AVX512_CORE")])
+def test_an_isa_cap_below_bf16_turns_native_bf16_off(monkeypatch, bf16_cpu, variable, value):
+    # A CPU with avx512_bf16, capped to older instructions, is measured as the older kind: fp32.
     assert config.cpu_supports_bf16()
     monkeypatch.setenv(variable, value)
     assert config.isa_caps() == {variable: value}
@@ -251,11 +256,7 @@ def test_an_isa_cap_below_bf16_turns_native_bf16_off(monkeypatch, tmp_path, vari
     assert resolve_mixed_precision("auto", cpu=True) == "no"
 
 
-def test_an_isa_cap_that_keeps_bf16_leaves_it_on(monkeypatch, tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    real_path = config.Path
-    monkeypatch.setattr(config, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+def test_an_isa_cap_that_keeps_bf16_leaves_it_on(monkeypatch, bf16_cpu):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     assert config.cpu_supports_bf16()
 

@@ -578,8 +578,9 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
 
     Shuffled: a seeded permutation is cut into groups of ``group_size`` batches, each group is
     sorted by length and cut into batches, and the batch order is shuffled again; then the full
-    batch holding the longest example moves to the front and a short batch goes last. Not shuffled (evaluation): all indices sorted by length, longest first. The same
-    ``(seed, epoch)`` always gives the same batches, which is what makes an exact resume possible.
+    batch holding the longest example moves to the front and a short batch goes last. Not
+    shuffled (evaluation): all indices sorted by length, longest first. The same ``(seed,
+    epoch)`` always gives the same batches, which is what makes an exact resume possible.
 
     With ``num_replicas`` > 1 (data-parallel training) every rank computes the same seeded
     permutation and keeps every ``num_replicas``-th index from position ``rank``: the shards are
