@@ -76,8 +76,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small", model_name="minilm", max_train_examples=1200, max_eval_examples=None,
-        max_length=128, batch_size=32, eval_batch_size=128, epochs=2, learning_rate=2e-4,
-    ),
+        max_length=128, batch_size=32, eval_batch_size=64, epochs=2, learning_rate=2e-4,
+    ),  # eval 64: MiniLM predicts fastest there on 2 cores (233 pairs/s bf16, 134 AVX2 fp32; 218, 122 at 128)
     "record": Profile(
         name="record", model_name="minilm", max_train_examples=None, max_eval_examples=None,
         max_length=128, batch_size=32, eval_batch_size=128, epochs=2, learning_rate=2e-4,
