@@ -216,6 +216,19 @@ def test_stopwatch_measures_elapsed_time(monkeypatch):
     assert config.Stopwatch().elapsed() == pytest.approx(2.5)
 
 
+def test_stopwatch_laps_charge_each_stage_the_time_since_the_previous_lap(monkeypatch):
+    now = iter([10.0, 11.0, 14.0, 14.5, 16.0, 17.0, 17.25])
+    monkeypatch.setattr(config.time, "perf_counter", lambda: next(now))
+    clock = config.Stopwatch()  # 10.0
+    assert clock.lap("data") == pytest.approx(1.0)  # 11.0
+    assert clock.lap("training") == pytest.approx(3.0)  # 14.0
+    assert clock.since_lap() == pytest.approx(0.5)  # 14.5
+    clock.lap("data")  # 16.0: a stage named twice adds up
+    assert clock.laps == pytest.approx({"data": 3.0, "training": 3.0})
+    assert clock.elapsed() == pytest.approx(7.0)  # 17.0
+    assert clock.since_lap() == pytest.approx(1.25)  # 17.25
+
+
 def test_quiet_progress_silences_both_libraries_and_restores_them():
     import datasets
     from transformers.utils import logging as hf_logging

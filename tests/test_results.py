@@ -122,7 +122,7 @@ def test_environment_records_cpu_flags_and_precision():
 
 def test_record_provenance_names_command_date_cpu_and_precision(tmp_path, monkeypatch):
     from tlutils.config import get_profile
-    from tlutils.results import load_record, provenance, save_results
+    from tlutils.results import load_record, provenance, record_metrics, save_results
 
     monkeypatch.setenv("TLUTILS_OUTPUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("TLUTILS_RECORD_COMMAND", "make records-traditional")
@@ -136,6 +136,8 @@ def test_record_provenance_names_command_date_cpu_and_precision(tmp_path, monkey
     (tmp_path / "kept" / "demo.record.json").write_text(path.read_text())
     assert load_record("demo", root=tmp_path / "kept")["metrics"] == {"x": 1}
     assert load_record("missing", root=tmp_path / "kept") is None
+    assert record_metrics("demo", root=tmp_path / "kept") == {"x": 1}
+    assert record_metrics("missing", root=tmp_path / "kept") == {}  # a chapter whose record was never made
 
 
 def test_record_findings_print_provenance_and_the_stored_sentences(tmp_path, monkeypatch):

@@ -221,13 +221,30 @@ def output_dir(chapter: str) -> Path:
 
 
 class Stopwatch:
-    """Wall time since creation: ``sw = Stopwatch(); ...; sw.elapsed()`` (seconds)."""
+    """Wall time since creation, and where it went, in seconds.
+
+    ``clock = Stopwatch(); ...; clock.lap("data"); ...; clock.lap("training")`` charges the time
+    since the previous lap (or the start) to each stage; ``clock.laps`` is then
+    ``{"data": ..., "training": ...}`` (a stage named twice adds up), ``clock.elapsed()`` the
+    total and ``clock.since_lap()`` what no stage has been charged yet.
+    """
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = self._lap_start = time.perf_counter()
+        self.laps: dict[str, float] = {}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def since_lap(self) -> float:
+        return time.perf_counter() - self._lap_start
+
+    def lap(self, stage: str) -> float:
+        """Charge the time since the previous lap to ``stage``; return the seconds charged."""
+        now = time.perf_counter()
+        seconds, self._lap_start = now - self._lap_start, now
+        self.laps[stage] = self.laps.get(stage, 0.0) + seconds
+        return seconds
 
 
 @contextlib.contextmanager

@@ -162,6 +162,12 @@ def load_record(chapter: str, profile: str = "record",
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def record_metrics(chapter: str, profile: str = "record", root: Optional[os.PathLike] = None) -> dict[str, Any]:
+    """The ``metrics`` of :func:`load_record`, or ``{}`` when the record was never made, so a
+    chapter can ask ``record_metrics("fine_tuning").get("comparisons", {})`` either way."""
+    return (load_record(chapter, profile, root) or {}).get("metrics") or {}
+
+
 def provenance(record: dict[str, Any]) -> str:
     """One line saying how a record was made: command, date, minutes, CPU and its flags, precision."""
     env = record.get("environment", {})
