@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_bench_compares_fit_with_both_trainers_and_the_machine_limit(tmp_path):
@@ -26,8 +27,6 @@ def test_committed_benchmarks_on_both_kinds_of_cpu():
     fit is never slower than the tuned Trainer, needs no more peak memory, and scores the same
     (not resolved against either Trainer); it reaches 70% of the fp32 limit under the AVX2 caps
     and about half of the bf16 one, where the headroom is."""
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     native = json.loads((folder / "fit_vs_trainers.1600x1.json").read_text())
     capped = json.loads((folder / "fit_vs_trainers.1600x1.avx2.json").read_text())
