@@ -59,7 +59,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     lengths = [int(8 * -(-n // 8)) for n in encoded["train"]["length"]]  # as fit pads: multiples of 8
     peak = peak_rss_mb()  # before the limit's own matrices, which are not part of training
     return {"samples_per_second": history.samples_per_second, "train_seconds": history.train_seconds,
-            "mixed_precision": history.mixed_precision, **{f"eval_{k}": v for k, v in scores.items()},
+            "mixed_precision": history.mixed_precision, "fast_dropout": history.fast_dropout,
+            **{f"eval_{k}": v for k, v in scores.items()},
             "predictions": logits.argmax(-1).tolist(), "labels": labels.tolist(), "peak_rss_mb": peak,
             "limit": machine_limit(model, lengths, history.mixed_precision)}
 
