@@ -25,8 +25,9 @@ def test_bench_compares_fit_with_both_trainers_and_the_machine_limit(tmp_path):
 def test_committed_benchmarks_on_both_kinds_of_cpu():
     """The committed 1,600-pair records (native bf16, and the same CPU capped to AVX2 in fp32):
     fit is never slower than the tuned Trainer, needs no more peak memory, and scores the same
-    (not resolved against either Trainer); it reaches 70% of the fp32 limit under the AVX2 caps
-    and about half of the bf16 one, where the headroom is."""
+    (not resolved against either Trainer); with the cheaper dropout masks of tlutils.dropout it
+    reaches 81% of the fp32 limit under the AVX2 caps and 57% of the bf16 one (50% without them,
+    where 16% of a step went to drawing the masks)."""
     folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     native = json.loads((folder / "fit_vs_trainers.1600x1.json").read_text())
     capped = json.loads((folder / "fit_vs_trainers.1600x1.avx2.json").read_text())
@@ -34,9 +35,10 @@ def test_committed_benchmarks_on_both_kinds_of_cpu():
     assert capped["environment"]["cpu"]["isa_caps"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     for record in (native, capped):
         assert record["settings"]["train"] == 1600 and record["settings"]["epochs"] == 1
-        assert record["speedup_vs_tuned"] >= 1.0 and record["speedup"] > 1.4
+        assert record["speedup_vs_tuned"] > 1.1 and record["speedup"] > 1.5
         assert all(ratio < 1.0 for ratio in record["peak_memory_ratio"].values())
         assert {v["verdict"] for v in record["validation_verdicts"].values()} == {"not resolved"}
         assert not any(r["at_majority_class"] for r in record["results"].values())
-    assert capped["fraction_of_machine_limit"] >= 0.6
-    assert 0.45 < native["fraction_of_machine_limit"] < 0.6  # a faster fit on bf16 CPUs updates this line
+    assert all(record["results"]["fit"]["fast_dropout"] for record in (native, capped))
+    assert capped["fraction_of_machine_limit"] >= 0.75
+    assert 0.55 < native["fraction_of_machine_limit"] < 0.6  # a faster fit on bf16 CPUs updates this line

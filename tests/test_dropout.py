@@ -63,6 +63,16 @@ def test_survivors_are_scaled_so_the_expectation_is_kept_and_the_gradient_follow
     assert torch.allclose(x.grad, kept.float() * scale)
 
 
+def test_bf16_survivors_are_scaled_in_fp32_and_rounded_once():
+    """A bf16 scale would be 1.109 for p = 0.1 (bf16 keeps 8 significant bits): 0.16% too small."""
+    torch.manual_seed(3)
+    x = torch.randn(256, 256).to(torch.bfloat16)
+    y = inverted_dropout(x, 0.1)
+    kept = y != 0
+    exact = (x.float() / (1 - quantized_rate(0.1))).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y[kept], exact[kept])
+
+
 def test_the_same_seed_draws_the_same_mask_and_another_seed_another():
     torch.manual_seed(5)
     a = keep_mask((64, 64), 0.1)
