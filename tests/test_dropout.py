@@ -186,3 +186,16 @@ def test_fit_uses_it_on_a_cpu_unless_told_not_to_and_puts_the_model_back(mrpc, s
     assert set(seen) == ({(Dropout, ATTENTION)} if expected else {(nn.Dropout, "sdpa")})
     assert type(model.bert.encoder.layer[0].output.dropout) is nn.Dropout
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_model_that_refuses_the_attention_function_keeps_its_own(monkeypatch):
+    model = load_model("tiny-bert", 2, seed=0)
+
+    def refuse(name, **kwargs):
+        raise ValueError(f"{name} is not supported")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with fast_dropout(model) as swapped:
+        assert swapped > 0 and isinstance(model.bert.embeddings.dropout, Dropout)
+        assert model.config._attn_implementation == "sdpa"
+    assert type(model.bert.embeddings.dropout) is nn.Dropout

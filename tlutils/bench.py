@@ -16,7 +16,9 @@ matrix-multiply peak in the precision used), and writes them to
 
 What ``fit`` does differently is visible in its settings: bf16 autocast where the CPU has
 native bf16 (see :func:`tlutils.config.resolve_mixed_precision`), length-grouped batches with
-dynamic padding, a fused AdamW step. The Trainer runs as a reader would call it: defaults.
+dynamic padding, a fused AdamW step, and on a CPU dropout masks drawn from a quarter of the
+random numbers (:mod:`tlutils.dropout`; ``TrainConfig(fast_dropout=False)`` turns them off).
+The Trainer runs as a reader would call it: defaults.
 """
 
 from __future__ import annotations

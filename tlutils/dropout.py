@@ -165,7 +165,10 @@ def fast_dropout(model: nn.Module) -> Iterator[int]:
             setattr(parent, name, Dropout(child.p).train(child.training))
         if switch:
             register()
-            model.set_attn_implementation(ATTENTION)
+            try:
+                model.set_attn_implementation(ATTENTION)
+            except (ValueError, NotImplementedError):  # a model that refuses registered attention functions
+                switch = False  # keeps its own (its attention dropout then draws the usual masks)
         yield len(swapped)
     finally:
         for parent, name, child in swapped:
