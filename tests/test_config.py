@@ -282,3 +282,11 @@ def test_records_name_the_isa_caps_they_ran_under(monkeypatch):
     assert "isa_caps" not in cpu_info()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert cpu_info()["isa_caps"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def test_records_and_the_precision_rule_read_the_cpu_through_one_reader(bf16_cpu):
+    """cpu_info (what records say) and cpu_supports_bf16 (what auto picks) see the same flags."""
+    from tlutils.results import cpu_info
+
+    assert config.read_cpuinfo()["flags"] == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_info()["flags"] == ["avx2", "avx512f", "avx512_bf16"] and config.cpu_supports_bf16()

@@ -152,6 +152,19 @@ def isa_caps() -> dict[str, str]:
     return {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name, "").strip()}
 
 
+def read_cpuinfo() -> dict[str, Any]:
+    """This CPU's ``model`` name and its instruction-set ``flags`` (a set), read from
+    ``/proc/cpuinfo``; ``{"model": None, "flags": set()}`` where there is no such file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": None, "flags": set()}
+    lines = text.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return {"model": model, "flags": set(flags)}
+
+
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX) and no ISA cap in
     the environment (:func:`isa_caps`) keeps the libraries from using them.
@@ -161,10 +174,7 @@ def cpu_supports_bf16() -> bool:
     """
     if any(value.strip().lower() in _BELOW_BF16 for value in isa_caps().values()):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = read_cpuinfo()["flags"]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -46,17 +46,11 @@ def cpu_info() -> dict[str, Any]:
     or a verdict measured on one may not hold on the other: every record carries this, and
     the instruction-set caps of the environment where any are set (``isa_caps``).
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or platform.machine(), "flags": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                      if line.startswith("flags")), []))
-    from tlutils.config import isa_caps
+    from tlutils.config import isa_caps, read_cpuinfo
 
-    info = {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+    cpu = read_cpuinfo()
+    info = {"model": cpu["model"] or platform.processor() or platform.machine(),
+            "flags": [f for f in SPEED_FLAGS if f in cpu["flags"]]}
     caps = isa_caps()  # a run capped to older instructions measures that older kind of CPU
     return {**info, "isa_caps": caps} if caps else info
 
