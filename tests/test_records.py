@@ -86,10 +86,14 @@ def test_every_record_declares_its_main_comparison_with_a_consistent_verdict(cha
         assert c["sentence"].endswith(".") and c["a"] in c["sentence"], (chapter, name)
 
 
-def test_running_example_pretrained_beats_scratch_and_scratch_sits_at_the_floor():
+def test_running_example_pretrained_is_ahead_of_scratch_and_scratch_sits_at_the_floor():
+    """On 1,200 pairs (one seed) the pretrained model is ahead of its random twin, which answers
+    the majority class; whether the gap is resolved is down to the run: +0.069 resolved with the
+    dropout masks of nn.Dropout, +0.034 (-0.005 to +0.074) not resolved with those of
+    tlutils.dropout. The record run (3,668 pairs) resolves it; the summary bullet says neither."""
     mrpc = record("sentence_pair_classification")["metrics"]["mrpc"]
     main = comparison("sentence_pair_classification", "pretrained_vs_scratch")
-    assert main["verdict"] == "A better" and main["low"] > 0 and main["n"] == 408
+    assert main["verdict"] == "not resolved" and main["difference"] > 0.02 and main["n"] == 408
     assert not mrpc["pretrained"]["at_majority_class"]
     assert mrpc["scratch"]["at_majority_class"]  # the prose says the random twin learned nothing
 
@@ -145,11 +149,12 @@ def test_fine_tuning_full_beats_the_head_alone_and_the_floors_are_named():
     assert not rows["full"]["at_majority_class"] and not rows["head only"]["at_majority_class"]
     # LoRA learns above the floor on the 960 pairs (60 steps) of this run, though it sat at the floor
     # on 1,200 pairs (and does in the record): at one epoch, whether it leaves the floor is down to
-    # the data drawn. Its Holm-corrected comparison with full fine-tuning is not resolved.
+    # the data drawn. Full fine-tuning beats it after Holm (+0.061, +0.018 to +0.104), a verdict
+    # that moved with the dropout masks: with nn.Dropout's it was not resolved (+0.022).
     assert m["train_examples"] == 960 and m["steps_per_run"] == 60
     assert not rows["lora"]["at_majority_class"]
     lora = comparison("fine_tuning", "full_vs_lora")
-    assert lora["verdict"] == "not resolved" and lora["p_adjusted"] is not None and lora["low"] < 0 < lora["high"]
+    assert lora["verdict"] == "A better" and lora["p_adjusted"] < 0.05 and lora["low"] > 0
     assert rows["lora"]["trainable_parameters"] < rows["full"]["trainable_parameters"] / 100
     # each strategy's training throughput is recorded; the head alone skips the encoder's backward pass
     assert all(row["pairs_per_second"] > 0 for row in rows.values())
@@ -168,7 +173,7 @@ def test_fine_tuning_full_beats_the_head_alone_and_the_floors_are_named():
     assert seeds["n"] == len(seeds["mcc"]) >= 3 and seeds["metric"] == "mcc" and seeds["low"] > 0
 
 
-def test_distillation_teaches_the_random_student_and_every_distilled_student_stays_below_the_teacher():
+def test_distillation_teaches_the_random_student_and_no_distilled_student_beats_the_teacher():
     m = record("distillation")["metrics"]
     main = comparison("distillation", m["main_comparison"])
     assert m["main_comparison"] == "random small (distilled) vs random small (hard labels) (accuracy)"
@@ -180,14 +185,18 @@ def test_distillation_teaches_the_random_student_and_every_distilled_student_sta
     # longest batch went first only the unadjusted interval was above zero: a verdict at the edge
     mcc = comparison("distillation", "random small (distilled) vs random small (hard labels) (mcc)")
     assert mcc["family_size"] == 4 and mcc["verdict"] == "A better" and mcc["low"] > 0 and mcc["p_adjusted"] < 0.05
-    # student (a), 40 steps here: distilled beats hard labels after Holm (+0.009, p_adj 0.02), a
-    # verdict at the edge; with 63 steps (before, and in the record) it was not resolved
+    # student (a), 40 steps here: distilled vs hard labels +0.007, its interval touching zero and
+    # not resolved after Holm (p_adj 0.12), a verdict at the edge: with nn.Dropout's masks it was
+    # resolved (+0.009, p_adj 0.02); with 63 steps (the record) it is not resolved
     a = comparison("distillation", "from-teacher (distilled) vs from-teacher (hard labels) (accuracy)")
     assert m["plans"]["from-teacher"]["steps"] == 40 and m["sizes"]["labelled"] == 1200
-    assert a["family_size"] == 4 and a["verdict"] == "A better" and 0 < a["low"] < 0.01 and a["p_adjusted"] < 0.05
-    for student in ("from-teacher", "random small"):  # each distilled student stays below its teacher
-        t = comparison("distillation", f"{student} (distilled) vs teacher (accuracy)")
-        assert t["family_size"] == 4 and t["verdict"] == "B better" and t["high"] < 0
+    assert a["family_size"] == 4 and a["verdict"] == "not resolved" and a["difference"] > 0 and a["p_adjusted"] > 0.05
+    # the random student stays below its teacher (resolved); student (a), initialised from the
+    # teacher's layers, comes within 0.008 of it (not resolved)
+    t = comparison("distillation", "random small (distilled) vs teacher (accuracy)")
+    assert t["family_size"] == 4 and t["verdict"] == "B better" and t["high"] < 0
+    t = comparison("distillation", "from-teacher (distilled) vs teacher (accuracy)")
+    assert t["family_size"] == 4 and t["verdict"] == "not resolved" and t["difference"] < 0
     assert not any(m["at_majority_class"].values())  # every arm learned beyond the constant answer
     assert m["students"]["from-teacher (distilled)"]["parameters"] < m["teacher"]["parameters"]
     assert all(row["train_pairs_per_second"] > 0 for row in m["students"].values())
@@ -202,11 +211,12 @@ def test_pretrained_and_transfer_findings():
     assert main["verdict"] == "not resolved" and main["low"] < 0 < main["high"] and main["n"] == 408
     for name in ("end-to-end vs partial (accuracy)", "progressive vs partial (accuracy)"):
         assert c[name]["verdict"] == "not resolved" and c[name]["family_size"] == 2, name
-    # the partial run (top layers only, one epoch) sits at the majority-class floor, and the
-    # chapter says so in a generated sentence; the other two learned beyond it
+    # every run learned beyond the majority-class floor, the partial one (top layers only, one
+    # epoch) too (MCC 0.18); with nn.Dropout's masks it sat at the floor: whether it leaves it is
+    # down to the run, and the chapter's generated sentence says which runs sit there
     floor = {name for name, run in m["runs"].items() if run["at_majority_class"]}
-    assert floor == {"partial"}
-    assert all(m["runs"][name]["mcc"] > 0.1 for name in ("end-to-end", "progressive"))
+    assert floor == set()
+    assert all(m["runs"][name]["mcc"] > 0.1 for name in ("end-to-end", "progressive", "partial"))
     # zero-shot: the pretrained encoder's cosine ranks no better than a random network's (Holm, 7)
     zero_shot = c["pretrained, zero-shot vs random weights (auc)"]
     assert zero_shot["verdict"] == "not resolved" and zero_shot["low"] < 0 < zero_shot["high"]
@@ -376,17 +386,21 @@ def test_adversarial_fgm_buys_robustness_to_the_embedding_attack_at_a_price_in_c
     fine-tuning under the attack of its training radius (the main comparison; there FGM is no
     better than the majority class, plain far worse), at every other
     radius and under a 3-step PGD attack, but is worse on clean pairs and on the text-perturbed
-    pairs; it loses less accuracy to the text perturbations than plain does. No arm sits at the
+    pairs; it loses less accuracy than plain does to the heavier text perturbation (at the
+    lighter one the difference is not resolved). No arm sits at the
     majority class, and a step costs about as many times a plain step as it makes passes."""
     m = record("adversarial")["metrics"]
     assert m["sizes"]["evaluation"] == 495 and m["sizes"]["train"] == 2400 and m["epsilon"] == 0.5
     main = comparison("adversarial", m["main_comparison"])
     assert m["main_comparison"] == "FGM vs plain (attack 0.5)"
     assert main["verdict"] == "A better" and main["low"] > 0 and main["p_adjusted"] is None and main["n"] == 495
-    for condition in ("attack 0.25", "attack 1", "attack 0.5, 3 steps", "accuracy change, text 0.1",
-                      "accuracy change, text 0.25"):
+    for condition in ("attack 0.25", "attack 1", "attack 0.5, 3 steps", "accuracy change, text 0.25"):
         c = comparison("adversarial", f"FGM vs plain ({condition})")
         assert c["verdict"] == "A better" and c["family_size"] == 8, condition
+    # at the lighter perturbation rate FGM's smaller loss (+0.028) is not resolved after Holm
+    # (p_adj 0.067); with nn.Dropout's masks it was (a verdict at the edge)
+    c = comparison("adversarial", "FGM vs plain (accuracy change, text 0.1)")
+    assert c["verdict"] == "not resolved" and c["difference"] > 0 and c["family_size"] == 8
     for condition in ("clean", "text 0.1", "text 0.25"):
         c = comparison("adversarial", f"FGM vs plain ({condition})")
         assert c["verdict"] == "B better" and c["family_size"] == 8, condition
@@ -402,12 +416,15 @@ def test_adversarial_fgm_buys_robustness_to_the_embedding_attack_at_a_price_in_c
     assert m["attack_check"]["library_error"] < 1e-5 and m["pgd1_equals_fgm"] < 1e-5
 
 
-def test_record_multi_task_joint_beats_single_task_at_equal_total_updates_only():
+def test_multi_task_joint_beats_single_task_at_equal_total_updates():
     """Frozen MiniLM features, a shared layer, six heads, five seeds: with the same total number
     of updates the joint model beats RTE alone (the main comparison) and MRPC alone; with the
-    same number of updates on the task nothing is resolved; mixing strategies, joint vs
-    sequential, MT-DNN's extra fine-tuning and the end-to-end RTE + MNLI arm are not resolved;
-    forgetting of MRPC shows only at ten times the learning rate, on seed 0's pairs."""
+    same number of updates on the task only STS-B's is resolved (+0.128 Pearson, p_adj 0.047);
+    the joint model fine-tuned on RTE beats RTE alone (+0.030, p_adj 0.016) but not the joint
+    model; mixing strategies, joint vs sequential and the end-to-end RTE + MNLI arm are not
+    resolved, and neither is forgetting (at ten times the rate, on seed 0's pairs, -0.044 with
+    p_adj 0.43). With nn.Dropout's masks the last three verdicts were the other way round
+    (forgetting resolved, the other two not): verdicts at the edge of Holm's correction over 16."""
     m = record("multi_task")["metrics"]
     main = m["main"]
     assert m["main_comparison"] == "joint vs single rte"
@@ -416,12 +433,17 @@ def test_record_multi_task_joint_beats_single_task_at_equal_total_updates_only()
     assert len(c) == 17 and c["joint vs single rte"] == main
     assert all(x["family_size"] == 16 for k, x in c.items() if k != "joint vs single rte")
     assert c["joint vs single mrpc"]["verdict"] == "A better"
-    assert c["forgetting at lr 0.01, seed 0 on the same pairs"]["verdict"] == "B better"
-    assert c["forgetting at lr 0.01, seed 0 on the same pairs"]["n"] == 408
-    resolved = {"joint vs single rte", "joint vs single mrpc", "forgetting at lr 0.01, seed 0 on the same pairs"}
+    forgetting = c["forgetting at lr 0.01, seed 0 on the same pairs"]
+    assert forgetting["verdict"] == "not resolved" and forgetting["difference"] < 0 and forgetting["n"] == 408
+    resolved = {"joint vs single rte", "joint vs single mrpc", "joint vs single stsb (task updates)",
+                "multi-task then fine-tune vs single rte"}
+    assert all(c[k]["verdict"] == "A better" for k in resolved)
     assert all(x["verdict"] == "not resolved" for k, x in c.items() if k not in resolved), \
         sorted(k for k, x in c.items() if k not in resolved and x["verdict"] != "not resolved")
-    assert m["end_to_end"]["RTE + MNLI"]["at_majority_class"] is True  # the one end-to-end arm learned nothing
+    # the end-to-end arms (MiniLM, one short epoch) learn nearly nothing: RTE alone answers the
+    # majority class; RTE + MNLI answers both classes, below the majority-class accuracy (0.451)
+    e2e = m["end_to_end"]
+    assert e2e["RTE alone"]["at_majority_class"] is True and e2e["RTE + MNLI"]["rte_accuracy"] < 0.5
     assert m["end_to_end"]["RTE + MNLI"]["steps"] == 2 * m["end_to_end"]["RTE alone"]["steps"]
 
 
@@ -468,8 +490,9 @@ def test_self_training_helps_most_with_fewest_labels_and_cannot_fix_a_bad_teache
 def test_contrastive_simcse_lifts_a_random_encoder_but_not_the_contrastively_trained_minilm():
     """STS-B test, 1,379 pairs, Spearman of cosine similarities, paired bootstrap: supervised SimCSE
     (SNLI triplets, in-batch and hard negatives) lifts the random tiny encoder (the main comparison),
-    unsupervised SimCSE lifts it less, the triplet loss (margin 0.5, no in-batch negatives) makes it
-    worse; the packaged MiniLM, already trained contrastively, does not move, and the tiny encoder's
+    unsupervised SimCSE lifts it too, by less (+0.025 between them, p_adj 0.051 after Holm: not
+    resolved, where nn.Dropout's masks gave p_adj below 0.05), the triplet loss (margin 0.5, no
+    in-batch negatives) makes it worse; the packaged MiniLM, already trained contrastively, does not move, and the tiny encoder's
     MRPC probe gains nothing resolved from SimCSE."""
     m = record("contrastive")["metrics"]
     assert m["sizes"]["sts_test"] == 1379 and m["sizes"]["train_triplets"] == 1024
@@ -478,13 +501,14 @@ def test_contrastive_simcse_lifts_a_random_encoder_but_not_the_contrastively_tra
     assert main["verdict"] == "A better" and main["low"] > 0 and main["p_adjusted"] is None and main["n"] == 1379
     further = {"unsupervised SimCSE vs random tiny encoder (spearman)": "A better",
                "triplet loss vs random tiny encoder (spearman)": "B better",
-               "supervised SimCSE vs unsupervised SimCSE (spearman)": "A better",
+               "supervised SimCSE vs unsupervised SimCSE (spearman)": "not resolved",  # at the edge
                "supervised SimCSE vs triplet loss (spearman)": "A better",
                "minilm + supervised SimCSE vs minilm (packaged) (spearman)": "not resolved",
                "MRPC probe: supervised SimCSE vs random tiny encoder (accuracy)": "not resolved"}
     for name, verdict in further.items():
         c = comparison("contrastive", name)
         assert c["verdict"] == verdict and c["family_size"] == 6, name
+    assert comparison("contrastive", "supervised SimCSE vs unsupervised SimCSE (spearman)")["difference"] > 0
     runs = m["runs"]
     assert abs(runs["minilm (packaged)"]["spearman"] - 0.8203) < 0.005  # the MTEB entry, reproduced
     # every trained tiny encoder spreads the sentences out (uniformity) at a cost in alignment
@@ -496,12 +520,13 @@ def test_contrastive_simcse_lifts_a_random_encoder_but_not_the_contrastively_tra
     assert m["demo_check"]["library_error"] < 1e-5
 
 
-def test_multi_source_mixtures_do_not_beat_pooling_on_frozen_features_but_similarity_weighting_does():
+def test_multi_source_no_mixture_or_weighting_beats_pooling_on_frozen_features():
     """Amazon, four leave-one-domain-out targets (400 test rows each), heads on frozen MiniLM
     features, three seeds: MoE-Att against pooled training (the main comparison, 1,600 paired
     rows) is not resolved, nor over the seeds, nor MoE-Avg or MDAN: Wright & Augenstein's second
     half does not hold in this setting. Weighting the sources by their measured closeness to
-    the target (proxy A-distance) beats pooling on the same rows, after Holm. No arm sits at
+    the target (proxy A-distance) is ahead of pooling on the same rows (+0.012) but not resolved
+    after Holm; with nn.Dropout's masks it was resolved (a verdict at the edge). No arm sits at
     the majority class; diversity at a fixed number of rows resolves nothing (all sources vs
     one, similar vs diverse pair), on Amazon or on MultiNLI's fiction target."""
     m = record("multi_source")["metrics"]
@@ -514,29 +539,33 @@ def test_multi_source_mixtures_do_not_beat_pooling_on_frozen_features_but_simila
     for arm in ("MoE-Avg", "MDAN"):
         assert comparison("multi_source", f"{arm} (Amazon, all targets) vs pooled (Amazon, all targets)")["verdict"] == "not resolved"
     weighted = comparison("multi_source", "similarity-weighted (Amazon, all targets) vs pooled (Amazon, all targets)")
-    assert weighted["verdict"] == "A better" and weighted["family_size"] == 27 and weighted["p_adjusted"] < 0.05
+    assert weighted["verdict"] == "not resolved" and weighted["family_size"] == 27 and weighted["difference"] > 0
     assert not any(m["at_majority_class"].values())
     assert all(c["verdict"] == "not resolved" for c in m["diversity"]["comparisons"].values())
-    # the leave-one-source-out gate leans on a shared expert when it has one (it saw every source)
+    # the leave-one-source-out gate leans on a shared expert when it has one (it saw every source),
+    # and on the first target that costs accuracy (0.660 vs 0.690, resolved on 400 rows; not
+    # resolved with nn.Dropout's masks)
     assert m["gate"]["shared_expert"]["mean_weight"] > 1 / 4
+    assert m["gate"]["shared_expert"]["comparison"]["difference"] < 0
 
 
 def test_domain_shift_crossing_an_amazon_domain_costs_accuracy_and_the_close_pairs_are_blitzers():
     """Amazon reviews, frozen MiniLM features, one head per domain trained through fit, 400 test
     reviews per domain: the in-domain heads beat the other domains' heads (the main comparison,
-    1,600 paired reviews), 7 of the 12 cross-domain drops are resolved after Holm, the largest
-    (books -> electronics) among them; books-dvd and electronics-kitchen are the close pairs by proxy
-    A-distance, as Blitzer et al. found, and each Amazon target's closest source is also its best
-    source in hindsight. Six pairs do not resolve the correlation of distance and drop (positive,
-    not resolved). On MultiNLI the frozen features barely learn NLI: a third of the cells sit at
-    the majority-class floor and no drop is resolved."""
+    1,600 paired reviews), 6 of the 12 cross-domain drops are resolved after Holm (7 with
+    nn.Dropout's masks), the largest (books -> electronics) among them; books-dvd and
+    electronics-kitchen are the close pairs by proxy A-distance, as Blitzer et al. found, and each
+    Amazon target's closest source is also its best source in hindsight. Over six pairs the
+    correlation of distance and drop is positive (rho 0.90, exact p 0.028; not resolved with
+    nn.Dropout's masks, a verdict at the edge). On MultiNLI the frozen features barely learn NLI:
+    8 of its 25 cells sit at the majority-class floor and no drop is resolved."""
     m = record("domain_shift")["metrics"]
     assert m["sizes"]["per_domain"] == {"train": 400, "validation": 200, "test": 400}
     main = comparison("domain_shift", m["main_comparison"])
     assert m["main_comparison"] == "in-domain (amazon) vs cross-domain (amazon)"
     assert main["verdict"] == "A better" and main["n"] == 1600 and main["low"] > 0.03 and main["p_adjusted"] is None
     amazon_cells = [comparison("domain_shift", name)["verdict"] for name in m["cells"]["amazon"].values()]
-    assert amazon_cells.count("A better") == 7 and "B better" not in amazon_cells
+    assert amazon_cells.count("A better") == 6 and "B better" not in amazon_cells
     largest = m["extremes"]["amazon"]["largest"]
     assert (largest["source"], largest["target"]) == ("books", "electronics")
     assert comparison("domain_shift", largest["comparison"])["verdict"] == "A better"
@@ -548,28 +577,30 @@ def test_domain_shift_crossing_an_amazon_domain_costs_accuracy_and_the_close_pai
     assert m["closest_source"]["amazon"] == closest == m["best_source_in_hindsight"]["amazon"]
     near_far = {name.split(" -> ")[1].split(" vs")[0]: c["verdict"] for name, c in m["closest_vs_farthest"].items()
                 if name.startswith("amazon")}
-    assert near_far == {"books": "A better", "dvd": "not resolved", "electronics": "A better", "kitchen": "not resolved"}
+    assert near_far == {"books": "A better", "dvd": "A better", "electronics": "A better", "kitchen": "not resolved"}
     r = m["correlations"]["amazon"]["proxy A-distance vs mean drop"]
-    assert r["n"] == 6 and r["rho"] > 0.5 and r["verdict"] == "not resolved"
+    assert r["n"] == 6 and r["rho"] > 0.5 and r["verdict"] == "positive"
     assert comparison("domain_shift", "in-domain (mnli) vs cross-domain (mnli)")["verdict"] == "not resolved"
-    assert sum(m["at_majority_class"]["mnli"].values()) >= 25 / 3
+    assert sum(m["at_majority_class"]["mnli"].values()) >= 8
     assert all(comparison("domain_shift", name)["verdict"] == "not resolved" for name in m["cells"]["mnli"].values())
 
 
-def test_single_source_dann_changes_the_features_but_not_the_accuracy_for_the_better():
+def test_single_source_dann_changes_the_features_but_not_the_accuracy():
     """Amazon reviews, leave one domain out (targets dvd and kitchen, three sources each), frozen
     MiniLM features with a trainable adapter, five seeds: DANN makes the target harder to tell from
     the sources (a fresh domain classifier errs more on its features: Wright & Augenstein's first
-    half holds) but loses accuracy to source-only over targets and seeds (the main comparison; the
-    second half, "barely changes the accuracy", does not hold as stated: it moves, against DANN);
-    the oracle with the target's 400 labels is no better than source-only on either target; the
-    miniature TAPT (10 steps, 16,770 tokens, a new MLM head) makes the source-only network worse.
-    No arm sits at the majority class."""
+    half holds) and its accuracy is not resolved from source-only over targets and seeds (the
+    main comparison, -0.011: the second half holds too, as in the record run; with nn.Dropout's
+    masks source-only was ahead, resolved, -0.017); on seed 0's dvd rows source-only is ahead.
+    The oracle with the target's 400 labels is no better than source-only on either target; the
+    miniature TAPT (10 steps, 16,770 tokens, a new MLM head) changes nothing resolved over the
+    seeds (-0.014; with nn.Dropout's masks it made the network worse). No arm sits at the
+    majority class."""
     m = record("single_source")["metrics"]
     assert m["targets"] == ["dvd", "kitchen"] and len(m["seeds"]) == 5
     main = comparison("single_source", m["main_comparison"])
     assert m["main_comparison"] == "DANN vs source-only (all targets and seeds)"
-    assert main["verdict"] == "B better" and main["n"] == 10 and main["p_adjusted"] is None
+    assert main["verdict"] == "not resolved" and main["n"] == 10 and main["p_adjusted"] is None
     c = m["comparisons"]
     assert c["DANN vs source-only features: domain error (all targets and seeds)"]["verdict"] == "A better"
     for t in ("dvd", "kitchen"):
@@ -578,10 +609,10 @@ def test_single_source_dann_changes_the_features_but_not_the_accuracy_for_the_be
         assert c[f"oracle vs source-only on {t} (seeds)"]["family_size"] == 9
         assert m["proxy_a_distance"][t]["DANN"] < m["proxy_a_distance"][t]["source-only"] < m["proxy_a_distance"][t]["frozen"]
     assert c["DANN vs source-only on dvd (test rows, seed 0)"]["verdict"] == "B better"
-    assert c["DAPT vs original encoder on dvd (seeds)"]["verdict"] == "B better"
+    assert c["DAPT vs original encoder on dvd (seeds)"]["verdict"] == "not resolved"
     assert c["DAPT vs original encoder on dvd (test rows, seed 0)"]["verdict"] == "not resolved"
     wa = m["wright_augenstein"]
-    assert wa["representation_half_held"] and not wa["accuracy_half_held"]
+    assert wa["representation_half_held"] and wa["accuracy_half_held"]
     assert not any(m["at_majority_class"].values())
     budget = m["dapt"]["budget"]
     assert budget["tokens"] < 20_000 and budget["paper_sequences"] / budget["sequences"] == 160_000
@@ -596,7 +627,8 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
     sentiment, 50/200/800 labels, five seeds), the pretrained miniature BERT is not resolved from
     its random-weight twin at any budget (the main comparison); the pretrained GPT-2 miniature
     beats its random twin at 800 labels; the masked miniature beats the causal one as an encoder
-    (its mean against its [CLS] is not resolved after Holm); MiniLM beats the miniature from 200 labels on, and MiniLM with
+    (its mean beats its [CLS] after Holm, +0.017, an edge verdict that has gone both ways);
+    MiniLM beats the miniature from 200 labels on, and MiniLM with
     800 labels beats MiniLM with 50: the article's "no labelled data needed" does not hold. BERT
     is not a next-word LM."""
     m = record("language_models")["metrics"]
@@ -625,9 +657,10 @@ def test_language_models_a_few_minutes_of_pretraining_buy_token_statistics_and_l
         assert c(f"MiniLM vs pretrained miniature BERT at {n} labels (seeds)")["verdict"] == "A better"
     assert c("pretrained vs random-weight miniature GPT-2 at 800 labels (seeds)")["verdict"] == "A better"
     assert c("masked vs causal miniature as encoders at 800 labels (seeds)")["verdict"] == "A better"
-    # +0.017 over five seeds, above zero unadjusted but not after Holm over 17 (an earlier batch order
-    # resolved it): the mean is not shown better than [CLS] at this budget
-    assert c("masked LM mean vs [CLS] at 800 labels (seeds)")["verdict"] == "not resolved"
+    # +0.017 over five seeds: resolved after Holm over 17 (p_adj 0.045) with tlutils.dropout's masks,
+    # not resolved with nn.Dropout's at the same batch order, resolved at an earlier one: at the edge
+    mean_vs_cls = c("masked LM mean vs [CLS] at 800 labels (seeds)")
+    assert mean_vs_cls["verdict"] == "A better" and mean_vs_cls["p_adjusted"] > 0.01
     assert all(c(name)["family_size"] == 17 for name in m["comparisons"] if name != m["main_comparison"])
     article = m["article"]
     assert article["bert_is_a_next_word_lm"] is False and article["no_labels_needed_held"] is False
@@ -724,7 +757,8 @@ def test_record_domain_shift_amazon_and_mnli_shifts_resolve_with_whole_splits():
 
 def test_record_single_source_dann_is_not_better_frozen_or_end_to_end():
     """Whole splits, five seeds: on frozen features DANN's accuracy is not resolved from
-    source-only (the small run's source-only win does not survive the whole splits), while its
+    source-only (as in the small run; an earlier small run's source-only win did not survive
+    the whole splits), while its
     features stay more domain-invariant; the oracle's edge on dvd (+0.02 over seeds) does not
     survive Holm (an earlier record resolved it: a noise-level verdict). End to end (MiniLM
     fine-tuned on dvd as the target, 250 rows per source domain, three seeds) DANN is not
@@ -734,7 +768,7 @@ def test_record_single_source_dann_is_not_better_frozen_or_end_to_end():
     assert m["main_comparison"] == "DANN vs source-only (all targets and seeds)"
     c = m["comparisons"]
     assert c[m["main_comparison"]]["verdict"] == "not resolved" and c[m["main_comparison"]]["n"] == 10
-    assert comparison("single_source", m["main_comparison"])["verdict"] == "B better"
+    assert comparison("single_source", m["main_comparison"])["verdict"] == "not resolved"
     assert c["DANN vs source-only features: domain error (all targets and seeds)"]["verdict"] == "A better"
     oracle = c["oracle vs source-only on dvd (seeds)"]
     assert oracle["verdict"] == "not resolved" and oracle["low"] > 0 and oracle["p_adjusted"] >= 0.05
