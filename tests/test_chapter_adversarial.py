@@ -59,13 +59,16 @@ def test_adversarial_chapter(run_chapter):
     comparisons = m["comparisons"]
     assert m["main_comparison"] == MAIN == next(iter(comparisons))
     rates = m["settings"]["rates"]
-    # FGM vs plain elsewhere, PGD and FreeLB clean and at epsilon, the accuracy change per text rate
-    further = len(conditions) - 1 + 2 * 2 + len(rates)
+    # FGM vs plain elsewhere, PGD and FreeLB clean and at epsilon against plain and against FGM,
+    # the accuracy change per text rate
+    further = len(conditions) - 1 + 2 * 2 * 2 + len(rates)
     assert len(comparisons) == 1 + further
+    assert {c["a"] for c in comparisons.values() if c["b"] == "FGM"} == {"PGD", "FreeLB"}
     for name, c in comparisons.items():
         assert c["verdict"] in VERDICTS and c["low"] <= c["difference"] <= c["high"], name
-        assert c["n"] == n and c["method"] == "paired bootstrap" and c["b"] == "plain", name
-        condition = name[len(f"{c['a']} vs plain ("):-1]
+        assert c["n"] == n and c["method"] == "paired bootstrap" and c["b"] in ("plain", "FGM"), name
+        base = c["b"]
+        condition = name[len(f"{c['a']} vs {base} ("):-1]
         if condition.startswith("accuracy change, "):
             key = condition[len("accuracy change, "):]
             assert c["metric"] == "accuracy change", name
@@ -75,7 +78,7 @@ def test_adversarial_chapter(run_chapter):
             continue
         key = "attack 0" if condition == "clean" else condition
         assert math.isclose(c["value_a"], runs[c["a"]]["accuracy"][key], abs_tol=1e-9), name
-        assert math.isclose(c["value_b"], runs["plain"]["accuracy"][key], abs_tol=1e-9), name
+        assert math.isclose(c["value_b"], runs[base]["accuracy"][key], abs_tol=1e-9), name
         if name == MAIN:
             assert c["p_adjusted"] is None and c["family_size"] == 1
         else:
