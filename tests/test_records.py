@@ -416,6 +416,27 @@ def test_adversarial_fgm_buys_robustness_to_the_embedding_attack_at_a_price_in_c
     assert m["attack_check"]["library_error"] < 1e-5 and m["pgd1_equals_fgm"] < 1e-5
 
 
+def test_record_adversarial_pgd_and_freelb_cost_fgm_clean_accuracy_and_buy_no_more_robustness():
+    """Record run (2,000 SICK pairs, fp32, all four arms, three seeds for the main comparison):
+    every adversarial arm beats plain fine-tuning under the attack of its training radius and
+    loses to it on clean pairs; against FGM, the costlier PGD (K = 3) and FreeLB are worse on
+    clean pairs and not resolved under the attack, while a step costs them about 1.5 times an
+    FGM step. The main comparison holds over the seeds. No arm sits at the majority class."""
+    m = record("adversarial", "record")["metrics"]
+    c = m["comparisons"]
+    assert m["sizes"]["train"] == 2000 and m["settings"]["arms"] == ["plain", "FGM", "PGD", "FreeLB"]
+    assert c[m["main_comparison"]]["verdict"] == "A better" and m["main_over_seeds"]["verdict"] == "A better"
+    for arm in ("FGM", "PGD", "FreeLB"):
+        assert c[f"{arm} vs plain (attack 0.5)"]["verdict"] == "A better", arm
+        assert c[f"{arm} vs plain (clean)"]["verdict"] == "B better", arm
+    for arm in ("PGD", "FreeLB"):
+        clean, attacked = c[f"{arm} vs FGM (clean)"], c[f"{arm} vs FGM (attack 0.5)"]
+        assert clean["verdict"] == "B better" and clean["family_size"] == 16, arm
+        assert attacked["verdict"] == "not resolved" and attacked["low"] <= 0 <= attacked["high"], arm
+        assert m["cost"][arm]["cpu_vs_plain"] > 1.3 * m["cost"]["FGM"]["cpu_vs_plain"], arm
+    assert not any(m["at_majority_class"].values())
+
+
 def test_multi_task_joint_beats_single_task_at_equal_total_updates():
     """Frozen MiniLM features, a shared layer, six heads, five seeds: with the same total number
     of updates the joint model beats RTE alone (the main comparison) and MRPC alone; with the
