@@ -21,8 +21,8 @@ every ``nn.Dropout`` becomes a :class:`Dropout`, and the attention runs through
 eq. 1) with this dropout on the probabilities while training and PyTorch's fused kernel
 (``sdpa``) otherwise. ``tlutils.train.fit`` uses it on a CPU (``TrainConfig.fast_dropout``):
 in its benchmark (``python -m tlutils bench``, MiniLM on 1,600 MRPC pairs, 2 cores) ``fit`` went
-from 53.8 to 61.9 pairs/s in bf16 and from 33.6 to 39.4 in fp32 on the same CPU capped to AVX2
-(``benchmarks/results/fit_vs_trainers.1600x1*.json``, before and after). On a GPU the fused
+from 53.8 to 62.5 pairs/s in bf16 and from 33.6 to 37.8 in fp32 on the same CPU capped to AVX2
+(``benchmarks/results/fit_vs_trainers.1600x1*.json``, one run before, the median of three after). On a GPU the fused
 attention kernels draw their mask inside the kernel, so ``fit`` leaves the model as it is.
 """
 
