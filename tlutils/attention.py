@@ -50,22 +50,36 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 @contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, name: str,
+                             replace: Optional[Sequence[str]] = None) -> Iterator[bool]:
+    """Temporarily run a Hugging Face model's attention through the implementation ``name``
+    (``"eager"``, ``"sdpa"`` or one registered with transformers' ``AttentionInterface``), and
+    put its own back on exit, also after an error. Only a model whose implementation is in
+    ``replace`` (default: any other than ``name``) is switched; a module without one is left
+    alone. Yields whether it switched. A model that refuses ``name`` raises on entry.
+    """
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = (before not in (None, name) and (replace is None or before in replace)
+              and hasattr(model, "set_attn_implementation"))
+    if switch:
+        model.set_attn_implementation(name)
+    try:
+        yield switch
+    finally:
+        if switch:
+            model.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
 def eager_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Temporarily switch a Hugging Face model to the ``eager`` attention implementation.
 
     The fused ``sdpa`` kernel (the default in transformers 5) never materialises the attention
     weights, so ``output_attentions=True`` returns nothing under it.
     """
-    config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    if switch:
-        model.set_attn_implementation("eager")
-    try:
+    with attention_implementation(model, "eager"):
         yield model
-    finally:
-        if switch:
-            model.set_attn_implementation(before)
 
 
 @torch.no_grad()

@@ -35,6 +35,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
+from tlutils.attention import attention_implementation
+
 ATTENTION = "tlutils_dropout"  # the name this attention is registered under with transformers
 LEVELS = 1 << 16  # a keep decision per 16 random bits
 
@@ -158,21 +160,19 @@ def fast_dropout(model: nn.Module) -> Iterator[int]:
     """
     swapped = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if type(child) is nn.Dropout]
-    config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    switch = before in ("sdpa", "eager") and hasattr(model, "set_attn_implementation")
-    try:
-        for parent, name, child in swapped:
-            setattr(parent, name, Dropout(child.p).train(child.training))
-        if switch:
-            register()
-            try:
-                model.set_attn_implementation(ATTENTION)
-            except (ValueError, NotImplementedError):  # a model that refuses registered attention functions
-                switch = False  # keeps its own (its attention dropout then draws the usual masks)
-        yield len(swapped)
-    finally:
+
+    def put_back() -> None:
         for parent, name, child in swapped:
             setattr(parent, name, child)
-        if switch:
-            model.set_attn_implementation(before)
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(put_back)
+        for parent, name, child in swapped:
+            setattr(parent, name, Dropout(child.p).train(child.training))
+        if hasattr(model, "set_attn_implementation"):  # a transformers model
+            register()
+            try:
+                stack.enter_context(attention_implementation(model, ATTENTION, replace=("sdpa", "eager")))
+            except (ValueError, NotImplementedError):  # a model that refuses registered attention functions
+                pass  # keeps its own (its attention dropout then draws the usual masks)
+        yield len(swapped)
